@@ -1,0 +1,173 @@
+"""The async job API: initiate -> status (poll) -> download (302 to S3), cancel, list.
+
+Every call returns in milliseconds: the work happens in RQ workers (worker/tasks.py), and the
+job record (dlkit/jobs.py) is the only state the API and the workers share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+
+from flask import current_app
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel
+
+from dlkit import files
+from dlkit.jobs import IdempotencyConflict, Job, JobStatus
+from dlkit.storage import presign_download
+
+from ..auth import current_owner
+from ..http import retry_after
+from ..problems import Problem
+from ..schemas import (
+    InitiateHeaders,
+    InitiateRequest,
+    InitiateResponse,
+    JobList,
+    JobPath,
+    JobStatusResponse,
+    ListQuery,
+)
+from ..schemas import Problem as ProblemModel
+
+bp = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[Tag(name="jobs (asynchronous)")])
+
+ERRORS = {400: ProblemModel, 401: ProblemModel, 404: ProblemModel, 429: ProblemModel, 503: ProblemModel}
+WORKER_FUNCTION = "worker.tasks.build_archive"
+
+
+def _res():
+    return current_app.extensions["dlkit"]
+
+
+def _owned_job(job_id) -> Job:
+    """The caller's job, or 404: someone else's job is indistinguishable from a missing one."""
+    res = _res()
+    job = res.store.get(str(job_id))
+    if job is None or job.owner != current_owner():
+        raise Problem(404, "Job not found", f"No job {job_id} (unknown, expired, or not yours).", slug="job-not-found")
+    return res.store.fail_if_stale(job, res.settings.stale_after_s)
+
+
+def _document(job: Job) -> dict:
+    doc = job.to_api()
+    if job.status is JobStatus.COMPLETED:
+        res = _res()
+        doc["downloadUrl"] = presign_download(
+            res.s3_public, res.settings.S3_BUCKET_NAME, job.artifact_key, res.settings.download_url_ttl_s,
+            f"dlkit-{job.id}.zip",
+        )
+    return doc
+
+
+def _poll_headers(job: Job) -> dict[str, str]:
+    headers = {"Cache-Control": "no-store"}
+    if not job.status.is_terminal:
+        headers["Retry-After"] = retry_after(_res().settings.poll_interval_s)
+    return headers
+
+
+def _fingerprint(body: BaseModel) -> str:
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+@bp.post(
+    "/download/initiate",
+    summary="Start an asynchronous download job",
+    responses={202: InitiateResponse, 422: ProblemModel, **ERRORS},
+)
+def initiate(body: InitiateRequest, header: InitiateHeaders):
+    owner = current_owner()
+    res = _res()
+    settings = res.settings
+    # RQ's own timeout is a backstop far past the longest simulated job plus its upload.
+    rq_timeout = math.ceil(settings.scaled(settings.DOWNLOAD_DELAY_MAX_MS / 1000)) + 600
+
+    def enqueue(pipe, job_id: str) -> None:
+        rq_job = res.queue.create_job(
+            WORKER_FUNCTION, args=(job_id,), job_id=job_id, timeout=rq_timeout,
+            result_ttl=3600, failure_ttl=settings.JOB_TTL_S, description=f"download job {job_id}",
+        )
+        res.queue.enqueue_job(rq_job, pipeline=pipe)
+
+    idempotency = (header.idempotency_key, _fingerprint(body)) if header.idempotency_key else None
+    try:
+        job, created = res.store.create(owner, body.file_ids, files.draw_delay_s(settings), enqueue, idempotency)
+    except IdempotencyConflict:
+        raise Problem(422, "Idempotency-Key reused", "This Idempotency-Key was used with a different request body.",
+                      slug="idempotency-key-reused")
+    doc = job.to_api()
+    location = f"/v1/download/status/{job.id}"
+    headers = {"Location": location, **_poll_headers(job)}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return {
+        "jobId": job.id,
+        "status": job.status.value,
+        "totalFileIds": job.total_files,
+        "statusUrl": location,
+        "createdAt": doc["createdAt"],
+    }, 202, headers
+
+
+@bp.get(
+    "/download/status/<job_id>",
+    summary="Poll a job (honour Retry-After)",
+    responses={200: JobStatusResponse, 410: JobStatusResponse, **ERRORS},
+)
+def status(path: JobPath):
+    job = _owned_job(path.job_id)
+    code = 410 if job.status is JobStatus.CANCELLED else 200
+    return _document(job), code, _poll_headers(job)
+
+
+@bp.get(
+    "/download/<job_id>",
+    summary="Redirect to the artifact (presigned, short-lived S3 URL)",
+    responses={302: None, 409: ProblemModel, 410: ProblemModel, **ERRORS},
+)
+def download(path: JobPath):
+    job = _owned_job(path.job_id)
+    if job.status is JobStatus.COMPLETED:
+        url = _document(job)["downloadUrl"]
+        return "", 302, {"Location": url, "Cache-Control": "no-store"}
+    if job.status is JobStatus.CANCELLED:
+        raise Problem(410, "Job cancelled", "This job was cancelled; it has no artifact.", slug="job-cancelled")
+    if job.status is JobStatus.FAILED:
+        raise Problem(409, "Job failed", job.error, slug="job-failed")
+    raise Problem(409, "Job not finished", f"The job is {job.status.value}; poll its status.", slug="job-not-finished",
+                  headers=_poll_headers(job))
+
+
+@bp.post(
+    "/download/cancel/<job_id>",
+    summary="Cancel a queued or running job",
+    responses={200: JobStatusResponse, 409: ProblemModel, **ERRORS},
+)
+def cancel(path: JobPath):
+    job = _owned_job(path.job_id)
+    res = _res()
+    result = res.store.cancel(job.id)
+    if result.applied and result.previous is JobStatus.QUEUED:
+        # The worker would skip it anyway (start() refuses a cancelled job); this saves the dequeue.
+        res.queue.remove(job.id)
+    current = res.store.get(job.id) or job
+    if current.status is not JobStatus.CANCELLED:
+        raise Problem(409, "Job already finished", f"The job is {current.status.value}; it can no longer be cancelled.",
+                      slug="job-finished")
+    return _document(current), 200, {"Cache-Control": "no-store"}
+
+
+@bp.get("/downloads", summary="The caller's jobs, newest first", responses={200: JobList, **ERRORS})
+def list_jobs(query: ListQuery):
+    res = _res()
+    owner = current_owner()
+    jobs = res.store.list_for_owner(owner, query.limit, query.offset)
+    now = time.time()
+    docs = []
+    for job in jobs:
+        job = res.store.fail_if_stale(job, res.settings.stale_after_s)
+        docs.append(_document(job) if job.status is JobStatus.COMPLETED else job.to_api(now))
+    return {"jobs": docs, "limit": query.limit, "offset": query.offset}

@@ -1,0 +1,48 @@
+"""The simulated file catalogue, as in the original service's storage-less mode.
+
+A file is available when `file_id % 7 == 0`. Its bytes are generated from its id, so any
+artifact can be checked byte for byte by anyone who imports this module.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .settings import Settings
+
+KiB = 1024
+MIN_FILE_SIZE = 16 * KiB
+MAX_FILE_SIZE = 1024 * KiB
+
+
+def is_available(file_id: int) -> bool:
+    return file_id % 7 == 0
+
+
+def file_size(file_id: int) -> int:
+    """Between 16 KiB and 1 MiB, fixed per id."""
+    return MIN_FILE_SIZE + (file_id * 7919) % (MAX_FILE_SIZE - MIN_FILE_SIZE + 1)
+
+
+def file_bytes(file_id: int) -> bytes:
+    # Seeded Mersenne Twister: stable across Python versions and fast (C implementation).
+    return random.Random(file_id).randbytes(file_size(file_id))
+
+
+def file_name(file_id: int) -> str:
+    """The name a file has inside a job's zip."""
+    return f"file-{file_id}.bin"
+
+
+def object_key(file_id: int) -> str:
+    """Where the original service kept a single file (reported by /v1/download/check)."""
+    return f"files/{file_id}.bin"
+
+
+def draw_delay_s(settings: Settings, rng: random.Random | None = None) -> float:
+    """How long fetching a job's files takes: drawn once per job (or synchronous request) from
+    [DOWNLOAD_DELAY_MIN_MS, DOWNLOAD_DELAY_MAX_MS], on the TIME_SCALE clock."""
+    if not settings.DOWNLOAD_DELAY_ENABLED:
+        return 0.0
+    ms = (rng or random).uniform(settings.DOWNLOAD_DELAY_MIN_MS, settings.DOWNLOAD_DELAY_MAX_MS)
+    return settings.scaled(ms / 1000)

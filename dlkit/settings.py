@@ -1,0 +1,132 @@
+"""The one settings module: every knob of the API, the workers and the embedded stack.
+
+Values come from the environment (names follow the original service: PORT, S3_ENDPOINT, ...).
+Durations are given at real speed and read through `Settings.scaled()`, so TIME_SCALE shrinks
+the whole story (work, timeouts, poll intervals, heartbeats) with the same proportions.
+Nothing here is read at import time: call `Settings.from_env()` (the app factory and the
+worker entry point do).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Contract limits (design.md): not settings, because clients depend on them.
+FILE_ID_MIN = 10_000
+FILE_ID_MAX = 100_000_000
+MAX_FILES_PER_JOB = 1000
+
+# S3 refuses multipart parts under 5 MiB (except the last one).
+S3_MIN_PART_SIZE = 5 * 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    # HTTP
+    PORT: int = 8000
+    REQUEST_TIMEOUT_MS: int = Field(30_000, gt=0)
+    CORS_ORIGINS: str = "*"
+    RATE_LIMIT_WINDOW_MS: int = Field(60_000, gt=0)
+    RATE_LIMIT_MAX_REQUESTS: int = Field(600, gt=0)
+    # Proxies in front that append to X-Forwarded-For (nginx = 1); 0 when clients connect directly.
+    TRUSTED_PROXY_HOPS: int = Field(1, ge=0)
+    # `key:user,key:user`; empty means one anonymous tenant (development only).
+    API_KEYS: str = ""
+
+    # Redis / Valkey: job records, the RQ queue and the rate limiter.
+    REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    REDIS_SOCKET_TIMEOUT_S: float = Field(2.0, gt=0)
+    QUEUE_NAME: str = "downloads"
+
+    # S3-compatible storage for artifacts.
+    S3_ENDPOINT: str | None = None
+    # What clients can reach when it differs from the internal endpoint (compose, tunnels).
+    S3_PUBLIC_ENDPOINT: str | None = None
+    S3_REGION: str = "us-east-1"
+    S3_ACCESS_KEY_ID: str | None = None
+    S3_SECRET_ACCESS_KEY: str | None = None
+    S3_BUCKET_NAME: str = "dlkit-downloads"
+    S3_FORCE_PATH_STYLE: bool = False
+    S3_MAX_ATTEMPTS: int = Field(4, ge=1)
+    S3_PART_SIZE_BYTES: int = Field(8 * 1024 * 1024, ge=S3_MIN_PART_SIZE)
+    DOWNLOAD_URL_TTL_S: float = Field(300, gt=0)
+
+    # Simulated work.
+    TIME_SCALE: float = Field(1.0, gt=0, le=10)
+    DOWNLOAD_DELAY_ENABLED: bool = True
+    DOWNLOAD_DELAY_MIN_MS: int = Field(10_000, ge=0)
+    DOWNLOAD_DELAY_MAX_MS: int = Field(120_000, ge=0)
+
+    # Jobs.
+    JOB_TTL_S: int = Field(24 * 3600, gt=0)
+    POLL_INTERVAL_S: float = Field(5, gt=0)
+    WORKER_HEARTBEAT_S: float = Field(5, gt=0)
+    # A processing job whose heartbeat is older than this is failed (its worker died).
+    JOB_STALE_AFTER_S: float = Field(30, gt=0)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "Settings":
+        if self.DOWNLOAD_DELAY_MIN_MS > self.DOWNLOAD_DELAY_MAX_MS:
+            raise ValueError("DOWNLOAD_DELAY_MIN_MS must not exceed DOWNLOAD_DELAY_MAX_MS")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Build settings from `environ` (default: os.environ) plus explicit overrides."""
+        if environ is None:
+            return cls(**overrides)
+        known = {k: v for k, v in environ.items() if k in cls.model_fields}
+        return cls.model_validate({**known, **overrides})
+
+    def scaled(self, seconds: float) -> float:
+        """A real-speed duration on this deployment's clock."""
+        return seconds * self.TIME_SCALE
+
+    # Derived, scaled values used by both API and worker.
+    @property
+    def request_timeout_s(self) -> float:
+        return self.scaled(self.REQUEST_TIMEOUT_MS / 1000)
+
+    @property
+    def poll_interval_s(self) -> float:
+        return self.scaled(self.POLL_INTERVAL_S)
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.scaled(self.WORKER_HEARTBEAT_S)
+
+    @property
+    def stale_after_s(self) -> float:
+        # Part uploads are not scaled, so keep a floor that a slow part cannot cross.
+        return max(self.scaled(self.JOB_STALE_AFTER_S), 3.0)
+
+    @property
+    def download_url_ttl_s(self) -> int:
+        # SigV4 expiry is whole seconds.
+        return max(1, math.ceil(self.scaled(self.DOWNLOAD_URL_TTL_S)))
+
+    @property
+    def rate_limit(self) -> str:
+        """Flask-Limiter notation; the window is not scaled (it is a quota, not a timeout)."""
+        return f"{self.RATE_LIMIT_MAX_REQUESTS} per {max(1, self.RATE_LIMIT_WINDOW_MS // 1000)} second"
+
+    @property
+    def api_keys(self) -> dict[str, str]:
+        """API key -> user name."""
+        keys: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in self.API_KEYS.split(","))):
+            key, sep, user = pair.partition(":")
+            if not sep or not key or not user:
+                raise ValueError("API_KEYS must look like 'key:user,key:user'")
+            keys[key] = user
+        return keys
+
+    @property
+    def cors_origins(self) -> list[str] | str:
+        origins = [o.strip() for o in self.CORS_ORIGINS.split(",") if o.strip()]
+        return "*" if origins == ["*"] else origins

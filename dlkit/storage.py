@@ -1,0 +1,124 @@
+"""S3 access shared by the API (presign, health) and the workers (artifact upload).
+
+Works with any S3-compatible store: SeaweedFS in the embedded stack, MinIO in compose, AWS S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import boto3
+from botocore.config import Config
+
+from .settings import Settings
+
+
+def s3_client(settings: Settings, *, public: bool = False, max_attempts: int | None = None):
+    """A client for the internal endpoint, or (public=True) for the one clients can reach.
+
+    Presigned URLs embed their host in the signature, so they must be signed for the public
+    endpoint. boto3's "standard" retry mode gives backoff with jitter on throttling and
+    connection errors; the timeouts keep a dead store from hanging a request or a job.
+    """
+    endpoint = (settings.S3_PUBLIC_ENDPOINT or settings.S3_ENDPOINT) if public else settings.S3_ENDPOINT
+    config = Config(
+        region_name=settings.S3_REGION,
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if settings.S3_FORCE_PATH_STYLE else "auto"},
+        retries={"mode": "standard", "max_attempts": max_attempts or settings.S3_MAX_ATTEMPTS},
+        connect_timeout=2,
+        read_timeout=15,
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=settings.S3_ACCESS_KEY_ID,
+        aws_secret_access_key=settings.S3_SECRET_ACCESS_KEY,
+        config=config,
+    )
+
+
+def artifact_key(job_id: str) -> str:
+    return f"downloads/{job_id}.zip"
+
+
+def presign_download(client, bucket: str, key: str, ttl_s: int, filename: str) -> str:
+    return client.generate_presigned_url(
+        "get_object",
+        Params={
+            "Bucket": bucket,
+            "Key": key,
+            "ResponseContentDisposition": f'attachment; filename="{filename}"',
+        },
+        ExpiresIn=ttl_s,
+    )
+
+
+class MultipartUpload:
+    """A write-only file object that streams into one S3 object.
+
+    Bytes are buffered until a part is full, then sent as one part of a multipart upload, so
+    memory stays at one part whatever the artifact's size. An artifact smaller than one part is
+    sent with a single PUT at close. `abort()` discards every uploaded part: nothing is left in
+    the bucket. zipfile writes into it directly (it only needs write() and tell()).
+    """
+
+    def __init__(self, client, bucket: str, key: str, part_size: int, content_type: str = "application/zip"):
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.part_size = part_size
+        self.content_type = content_type
+        self.upload_id: str | None = None
+        self.parts: list[dict] = []
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+        self._buffer = bytearray()
+        self._closed = False
+
+    # file-object protocol used by zipfile
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        self.size += len(data)
+        self.sha256.update(data)
+        while len(self._buffer) >= self.part_size:
+            chunk = bytes(self._buffer[: self.part_size])
+            del self._buffer[: self.part_size]
+            self._upload_part(chunk)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def _upload_part(self, chunk: bytes) -> None:
+        if self.upload_id is None:
+            created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, ContentType=self.content_type)
+            self.upload_id = created["UploadId"]
+        number = len(self.parts) + 1
+        part = self.client.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=chunk
+        )
+        self.parts.append({"PartNumber": number, "ETag": part["ETag"]})
+
+    def complete(self) -> None:
+        """Store the object; after this it is visible in the bucket."""
+        if self.upload_id is None:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer), ContentType=self.content_type)
+        else:
+            if self._buffer:
+                self._upload_part(bytes(self._buffer))
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+            )
+        self._buffer.clear()
+        self._closed = True
+
+    def abort(self) -> None:
+        """Drop whatever was uploaded so far. Safe to call more than once."""
+        self._buffer.clear()
+        if self.upload_id is not None and not self._closed:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+        self._closed = True

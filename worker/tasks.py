@@ -1,0 +1,111 @@
+"""The job function the API enqueues: `build_archive(job_id)`.
+
+For each requested file it waits that file's share of the job's simulated delay, adds the
+file's bytes to a zip streamed into S3, and records progress. The wait blocks on the job's
+cancel list in Redis instead of sleeping, so a cancel stops the work at once and the partial
+upload is aborted. Failures end up on the job record as text, never as a job left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zipfile
+
+from botocore.exceptions import BotoCoreError, ClientError
+from redis import Redis
+from rq import get_current_job
+
+from dlkit import files
+from dlkit.jobs import JobStatus, JobStore, cancel_key
+from dlkit.settings import Settings
+from dlkit.storage import MultipartUpload, artifact_key, s3_client
+
+log = logging.getLogger(__name__)
+
+# Fixed timestamp: the same files give the same zip, byte for byte.
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+class Stopped(Exception):
+    """The job left `processing` under the worker (cancelled, or failed by the watchdog)."""
+
+
+def build_archive(job_id: str) -> dict:
+    settings = Settings.from_env()
+    redis: Redis = get_current_job().connection
+    store = JobStore(redis, settings.JOB_TTL_S)
+
+    started = store.start(job_id)
+    if not started.applied:
+        # Cancelled while queued (or expired): a queued job that was cancelled never starts.
+        log.info("job %s not started: status %s", job_id, started.previous)
+        return {"jobId": job_id, "skipped": started.previous.value if started.previous else "missing"}
+
+    job = store.get(job_id)
+    s3 = s3_client(settings)
+    key = artifact_key(job_id)
+    upload = MultipartUpload(s3, settings.S3_BUCKET_NAME, key, settings.S3_PART_SIZE_BYTES)
+    try:
+        unavailable = _write_zip(job.file_ids, job.delay_s / job.total_files, upload, store, redis, settings, job_id)
+        if len(unavailable) == job.total_files:
+            upload.abort()
+            store.fail(job_id, f"none of the {job.total_files} requested files is available", allowed=(JobStatus.PROCESSING,))
+            return {"jobId": job_id, "status": "failed"}
+        upload.complete()
+    except Stopped:
+        _abort_quietly(upload)
+        return {"jobId": job_id, "status": (store.get(job_id) or job).status.value}
+    except (BotoCoreError, ClientError) as exc:
+        # boto3 has already retried with backoff (S3_MAX_ATTEMPTS); the store is really down.
+        _abort_quietly(upload)
+        store.fail(job_id, f"storage unavailable: {exc}", allowed=(JobStatus.PROCESSING,))
+        return {"jobId": job_id, "status": "failed"}
+    except Exception as exc:
+        _abort_quietly(upload)
+        store.fail(job_id, f"internal error: {type(exc).__name__}", allowed=(JobStatus.PROCESSING,))
+        raise
+
+    done = store.complete(job_id, key, upload.size, upload.sha256.hexdigest())
+    if not done.applied:
+        # Cancelled (or failed by the watchdog) while the last part was stored: remove it,
+        # so a cancelled job never leaves an artifact behind.
+        s3.delete_object(Bucket=settings.S3_BUCKET_NAME, Key=key)
+        return {"jobId": job_id, "status": done.previous.value if done.previous else "missing"}
+    return {"jobId": job_id, "status": "completed", "size": upload.size}
+
+
+def _write_zip(file_ids, step_s, upload, store: JobStore, redis: Redis, settings: Settings, job_id: str) -> list[int]:
+    unavailable: list[int] = []
+    with zipfile.ZipFile(upload, mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for done, file_id in enumerate(file_ids, start=1):
+            _wait_or_stop(redis, store, job_id, step_s, settings.heartbeat_s)
+            if files.is_available(file_id):
+                info = zipfile.ZipInfo(files.file_name(file_id), date_time=ZIP_DATE)
+                archive.writestr(info, files.file_bytes(file_id))
+            else:
+                unavailable.append(file_id)
+            if not store.record_progress(job_id, done, unavailable).applied:
+                raise Stopped()
+    return unavailable
+
+
+def _wait_or_stop(redis: Redis, store: JobStore, job_id: str, seconds: float, heartbeat_s: float) -> None:
+    """Spend `seconds` of simulated work, heartbeating, and return early with Stopped on cancel."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        # BLPOP is the interruptible wait: the API pushes to this list on cancel. Never pass a
+        # timeout that Redis would round down to 0 ms: 0 means "block forever".
+        timeout = max(0.01, min(remaining, heartbeat_s))
+        if redis.blpop([cancel_key(job_id)], timeout=timeout) is not None:
+            raise Stopped()
+        if not store.heartbeat(job_id).applied:
+            raise Stopped()
+
+
+def _abort_quietly(upload: MultipartUpload) -> None:
+    try:
+        upload.abort()
+    except (BotoCoreError, ClientError):
+        # The store is down: the bucket's lifecycle rule for incomplete uploads cleans up.
+        log.warning("could not abort multipart upload %s", upload.upload_id)
