@@ -1,0 +1,141 @@
+"""The background process that holds a running stack for `dlkit up`.
+
+mirakuru stops the servers it started when the process that started them exits, so the stack needs
+a process that outlives the `dlkit up` command: this one. It starts the stack, records it in
+HOME/state.json, tells its parent through a pipe whether the stack is ready, then waits for SIGTERM
+or SIGINT and stops exactly what it started.
+
+Run by `dlkit up`, not by hand: python -m dlkit.supervisor --home H --base-port P --ready-fd N ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import mirakuru.base
+import psutil
+
+from dlkit.stack import ComponentError, Stack
+
+log = logging.getLogger("dlkit.supervisor")
+
+STATE_FILE = "state.json"
+MODULE = "dlkit.supervisor"  # as it appears in the supervisor's command line
+
+
+class _Shutdown(Exception):
+    """Raised by the signal handler to unwind into the cleanup path."""
+
+
+def read_state(home: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((home / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_state(home: Path, state: dict[str, Any]) -> None:
+    # Write then rename, so a reader never sees half a file.
+    path = home / STATE_FILE
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(state, indent=2))
+    temporary.replace(path)
+
+
+def same_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
+    """The live process `pid` if it is the one recorded (same start time), not a reused pid."""
+    if pid is None or create_time is None:
+        return None
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - create_time) < 0.01:
+            return process
+    except psutil.NoSuchProcess:
+        pass
+    return None
+
+
+def running_supervisor(state: dict[str, Any]) -> psutil.Process | None:
+    """The supervisor recorded in `state`, if it is alive and really is a dlkit supervisor."""
+    recorded = state.get("supervisor", {})
+    process = same_process(recorded.get("pid"), recorded.get("create_time"))
+    try:
+        if process and MODULE in process.cmdline():
+            return process
+    except psutil.NoSuchProcess:
+        pass
+    return None
+
+
+def external_env(environ: dict[str, str]) -> dict[str, str]:
+    """What the stack takes from the caller's environment: REDIS_URL and S3_* select external servers.
+
+    Everything else in the environment reaches the API and workers anyway: they inherit it.
+    """
+    return {key: value for key, value in environ.items() if key == "REDIS_URL" or key.startswith("S3_")}
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    # Once is enough: further signals must not interrupt the cleanup they started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise _Shutdown(signal.Signals(signum).name)
+
+
+def _tell_parent(ready_fd: int, message: dict[str, Any]) -> None:
+    with os.fdopen(ready_fd, "w") as pipe:
+        pipe.write(json.dumps(message))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dlkit.supervisor")
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--base-port", type=int, required=True)
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ready-fd", type=int, required=True, help="pipe to report readiness on")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # mirakuru's exit hook kills every process whose marker *contains* this pid as a substring, which
+    # can hit another stack's servers. The finally block below stops ours, by exact marker and group.
+    atexit.unregister(mirakuru.base.cleanup_subprocesses)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    home = args.home.resolve()
+    stack = Stack(home, args.base_port, args.time_scale, args.workers, env=external_env(dict(os.environ)))
+    try:
+        try:
+            stack.start()
+        except ComponentError as error:
+            log.error("%s", error)
+            message = {"ready": False, "component": error.component, "error": str(error)}
+            message["log"] = str(error.log_path) if error.log_path else None
+            _tell_parent(args.ready_fd, message)
+            return 1
+        me = psutil.Process()
+        write_state(home, {"supervisor": {"pid": me.pid, "create_time": me.create_time()}, **stack.describe()})
+        _tell_parent(args.ready_fd, {"ready": True})
+        log.info("stack ready at %s", stack.entry)
+        while True:
+            signal.pause()
+    except _Shutdown as reason:
+        log.info("%s received, stopping the stack", reason)
+        return 0
+    finally:
+        stack.stop()
+        (home / STATE_FILE).unlink(missing_ok=True)
+        log.info("stack stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
