@@ -9,8 +9,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from dlkit.settings import Settings
 
 from . import http
-from .extensions import Resources, connect_redis, limiter
+from .extensions import Resources, connect_redis, make_limiter
 from .problems import register_error_handlers, validation_problem
+from .routes import jobs, legacy, service
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
@@ -29,28 +30,18 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         # Real client address from X-Forwarded-For, trusting only the proxies we know are there.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.TRUSTED_PROXY_HOPS, x_proto=settings.TRUSTED_PROXY_HOPS)
 
-    redis = connect_redis(settings)
-    app.extensions["dlkit"] = Resources(settings=settings, redis=redis)
-
-    app.config.update(
-        RATELIMIT_STORAGE_URI=settings.REDIS_URL,
-        RATELIMIT_STORAGE_OPTIONS={"socket_connect_timeout": 1, "socket_timeout": 1},
-        RATELIMIT_DEFAULT=settings.rate_limit,
-        RATELIMIT_STRATEGY="fixed-window",
-        # Redis down must not turn every request into a 500: count in memory until it is back.
-        RATELIMIT_SWALLOW_ERRORS=True,
-        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
-    )
+    http.install(app)  # first: every later hook, the limiter's included, sees the request id
+    limiter = make_limiter(settings)
     limiter.init_app(app)
+    app.extensions["dlkit"] = Resources(settings=settings, redis=connect_redis(settings), limiter=limiter)
     CORS(app, origins=settings.cors_origins,
          expose_headers=["Location", "Retry-After", "X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining",
                          "RateLimit-Reset", "Idempotent-Replayed"],
          allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"])
-    http.install(app)
     register_error_handlers(app)
 
-    from .routes import jobs, legacy, service
-
+    # Health checks from load balancers and the docs are never rate limited.
+    limiter.exempt(service.bp)
     app.register_api(service.bp)
     app.register_api(legacy.bp)
     app.register_api(jobs.bp)

@@ -32,14 +32,25 @@ def rate_limit_key() -> str:
     return f"ip:{request.remote_addr}"
 
 
-# Configured in create_app (storage, limits); here only so views can be decorated with it.
-limiter = Limiter(key_func=rate_limit_key)
+def make_limiter(settings: Settings) -> Limiter:
+    """Per-client limits counted in Redis, so every API instance shares the same budget."""
+    return Limiter(
+        key_func=rate_limit_key,
+        default_limits=[settings.rate_limit],
+        storage_uri=settings.REDIS_URL,
+        storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
+        strategy="fixed-window",
+        # Redis down must not turn every request into a 500: count in memory until it is back.
+        swallow_errors=True,
+        in_memory_fallback_enabled=True,
+    )
 
 
 @dataclass
 class Resources:
     settings: Settings
     redis: Redis
+    limiter: Limiter
 
     @cached_property
     def api_keys(self) -> dict[str, str]:

@@ -7,9 +7,9 @@ import re
 import time
 import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import BadRequest
 
-from .extensions import limiter
 from .problems import Problem
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -46,8 +46,10 @@ def install(app: Flask) -> None:
             return
         if not request.is_json:
             raise Problem(415, "Unsupported Media Type", "Send the body as application/json.", slug="unsupported-media-type")
-        if request.get_json(silent=True) is None:
-            raise Problem(400, "Malformed JSON", "The request body is not valid JSON.", slug="malformed-json")
+        try:
+            request.get_json()
+        except BadRequest:
+            raise Problem(400, "Malformed JSON", "The request body is not valid JSON.", slug="malformed-json") from None
 
     @app.after_request
     def _headers(response: Response) -> Response:
@@ -64,7 +66,7 @@ def _rate_limit_headers(response: Response) -> None:
     Flask-Limiter's own header injection also rewrites Retry-After on every response, which
     would clobber the poll interval of the status endpoint, so the kit writes these itself.
     """
-    current = limiter.current_limit
+    current = current_app.extensions["dlkit"].limiter.current_limit
     if current is None:
         return
     response.headers["RateLimit-Limit"] = str(current.limit.amount)

@@ -10,6 +10,7 @@ import logging
 
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Flask, Response, g, json, request
+from flask_limiter.errors import RateLimitExceeded
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
@@ -64,6 +65,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Problem)
     def _problem(e: Problem):
         return problem_response(e.status, e.title, e.detail, slug=e.slug, headers=e.headers, **e.extra)
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(e: RateLimitExceeded):
+        return problem_response(429, "Too Many Requests", f"Rate limit of {e.description} exceeded; retry after"
+                                " Retry-After seconds.", slug="rate-limited")
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):

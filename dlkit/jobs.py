@@ -89,7 +89,7 @@ class Job:
 
     @property
     def progress(self) -> float:
-        """Percent of files processed; 100 only once the artifact is stored."""
+        """Percent of files processed (a completed job is 100 even if it had no files left to add)."""
         if self.status is JobStatus.COMPLETED:
             return 100.0
         return round(100.0 * self.processed_files / self.total_files, 1)

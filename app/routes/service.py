@@ -5,14 +5,12 @@ from __future__ import annotations
 from flask import current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
-from ..extensions import limiter
 from ..schemas import Health
 
 bp = APIBlueprint("service", __name__, abp_tags=[Tag(name="service")])
 
 
 @bp.get("/", summary="Service name and links")
-@limiter.exempt
 def index():
     return {
         "service": "dlkit download service",
@@ -21,13 +19,11 @@ def index():
 
 
 @bp.get("/openapi.json", summary="OpenAPI document", doc_ui=False)
-@limiter.exempt
 def openapi_document():
     return jsonify(current_app.api_doc)
 
 
 @bp.get("/health", summary="Readiness of Redis and S3", responses={200: Health, 503: Health})
-@limiter.exempt
 def health():
     res = current_app.extensions["dlkit"]
     checks = {"storage": "ok", "redis": "ok"}

@@ -1,0 +1,291 @@
+"""The `dlkit` command: start, inspect and stop the embedded stack.
+
+    dlkit up       start every server in the background, return once each one is ready
+    dlkit status   live health of each component (--json for scripts)
+    dlkit down     stop exactly what `up` started
+
+Everything a stack writes lives in DLKIT_HOME (default ./.dlkit): state.json, logs/, data, configs.
+Stacks with different homes and base ports run side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from dlkit.stack import DEFAULT_BASE_PORT, check
+from dlkit.supervisor import MODULE, STATE_FILE, read_state, running_supervisor, same_process
+
+UP_TIMEOUT_S = 180
+DOWN_TIMEOUT_S = 30
+EXIT_NOT_RUNNING = 3
+
+console = Console()
+
+
+def _home() -> Path:
+    return Path(os.environ.get("DLKIT_HOME", ".dlkit")).resolve()
+
+
+def _tail(path: str | Path | None, lines: int = 20) -> str:
+    if path is None:
+        return ""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+
+
+def _print_components(state: dict[str, Any], health: dict[str, bool] | None = None) -> None:
+    table = Table("component", "url", "pid", *(["healthy"] if health is not None else []))
+    for name, component in state["components"].items():
+        row = [name, component["url"] or "-", str(component["pid"])]
+        if health is not None:
+            row.append("[green]yes[/]" if health[name] else "[red]no[/]")
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"entry: [bold]{state['entry']}[/]   time scale: {state['time_scale']}   home: {state['home']}")
+
+
+def _wait_for_message(fd: int, timeout: float) -> dict[str, Any] | None:
+    """Read the supervisor's one JSON message; None if it exited without one. Raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([pipe], [], [], remaining)[0]:
+                raise TimeoutError
+            chunk = pipe.read(4096)
+            if not chunk:  # the supervisor closed its end: message complete, or it died
+                return json.loads(data) if data else None
+            data += chunk
+
+
+def _signal_group(process: psutil.Process, sig: int) -> None:
+    # Each server was started as the leader of its own process group (mirakuru does setsid), so
+    # signalling the group also reaches its children: gunicorn and nginx workers, RQ work horses.
+    try:
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        pass
+
+
+def _stop_leftovers(state: dict[str, Any]) -> list[str]:
+    """Stop recorded servers that still run, matched by pid AND start time, never a reused pid."""
+    alive = {}
+    for name, component in state["components"].items():
+        process = same_process(component["pid"], component["create_time"])
+        if process is not None:
+            alive[name] = process
+    for process in alive.values():
+        _signal_group(process, signal.SIGTERM)
+    _, stubborn = psutil.wait_procs(alive.values(), timeout=10)
+    for process in stubborn:
+        _signal_group(process, signal.SIGKILL)
+    psutil.wait_procs(stubborn, timeout=5)
+    return list(alive)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    home = _home()
+    state = read_state(home)
+    if state is not None:
+        supervisor = running_supervisor(state)
+        if supervisor is not None:
+            console.print(f"dlkit stack already running (supervisor pid {supervisor.pid})")
+            _print_components(state)
+            return 0
+        # The supervisor died without cleaning up (killed, machine rebooted): clear what it left.
+        leftovers = _stop_leftovers(state)
+        if leftovers:
+            console.print(f"stopped servers left by a dead supervisor: {', '.join(leftovers)}")
+        (home / STATE_FILE).unlink()
+
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if args.redis_url:
+        env["REDIS_URL"] = args.redis_url
+    read_fd, write_fd = os.pipe()
+    command = [
+        sys.executable, "-m", MODULE,
+        "--home", str(home),
+        "--base-port", str(args.base_port),
+        "--time-scale", str(args.time_scale),
+        "--workers", str(args.workers),
+        "--ready-fd", str(write_fd),
+    ]  # fmt: skip
+    supervisor_log = home / "logs" / "supervisor.log"
+    started = time.monotonic()
+    with open(supervisor_log, "ab") as log_file:
+        # A new session: the stack must outlive this command and ignore the terminal's Ctrl-C.
+        supervisor = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
+    os.close(write_fd)  # so the pipe reports EOF when the supervisor closes or dies
+
+    try:
+        message = _wait_for_message(read_fd, UP_TIMEOUT_S)
+    except TimeoutError:
+        message = {"ready": False, "error": f"the stack was not ready within {UP_TIMEOUT_S} s"}
+        supervisor.terminate()  # it stops whatever it had started
+
+    if message is not None and message.get("ready"):
+        state = read_state(home)
+        console.print(f"dlkit stack up in {time.monotonic() - started:.1f} s")
+        _print_components(state)
+        return 0
+
+    # The supervisor stops what it started before exiting: wait, so nothing is left when we return.
+    try:
+        supervisor.wait(timeout=UP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        supervisor.kill()
+        supervisor.wait()
+    if message is None:
+        message = {"error": f"the supervisor exited before the stack was ready (code {supervisor.returncode})"}
+        message["log"] = str(supervisor_log)
+    console.print(f"[red]dlkit up failed:[/] {message['error']}", highlight=False)
+    if message.get("log"):
+        console.print(f"--- last lines of {message['log']} ---", highlight=False)
+        console.print(_tail(message["log"]), markup=False, highlight=False)
+    return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    home = _home()
+    state = read_state(home)
+    if state is None or running_supervisor(state) is None:
+        print(f"no dlkit stack running in {home}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    health = {}
+    for name, component in state["components"].items():
+        # The recorded process must still be the one running, and its live check must pass.
+        alive = same_process(component["pid"], component["create_time"]) is not None
+        health[name] = alive and check(component["probe"], component["pid"], state["redis_url"])
+    if args.json:
+        components = {name: {"url": c["url"], "healthy": health[name]} for name, c in state["components"].items()}
+        print(json.dumps({"entry": state["entry"], "components": components}))
+    else:
+        _print_components(state, health)
+    return 0 if all(health.values()) else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    home = _home()
+    state = read_state(home)
+    if state is None:
+        print(f"no dlkit stack running in {home}")
+        return 0
+    supervisor = running_supervisor(state)
+    if supervisor is not None:
+        supervisor.terminate()
+        try:
+            supervisor.wait(timeout=DOWN_TIMEOUT_S)
+            print(f"stopped the stack at {state['entry']} (supervisor pid {supervisor.pid}): "
+                  f"{', '.join(state['components'])}")  # fmt: skip
+        except psutil.TimeoutExpired:
+            print(f"the supervisor did not stop within {DOWN_TIMEOUT_S} s; stopping its servers directly")
+            supervisor.kill()
+    # Normally nothing is left; after a dead or stuck supervisor, its servers may be.
+    leftovers = _stop_leftovers(state)
+    if leftovers:
+        print(f"stopped leftover servers: {', '.join(leftovers)}")
+    (home / STATE_FILE).unlink(missing_ok=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Bring the stack up if needed, walk one download end to end, stop what this command started."""
+    from dlkit.settings import Settings
+    from dlkit.walkthrough import download_one
+
+    home = _home()
+    state = read_state(home)
+    started_here = state is None or running_supervisor(state) is None
+    if started_here:
+        console.print(f"starting a stack at time scale {args.time_scale:g} "
+                      f"(a 10-120 s download takes {10 * args.time_scale:g}-{120 * args.time_scale:g} s)")
+        if cmd_up(args) != 0:
+            return 1
+        state = read_state(home)
+    keys = Settings.from_env().api_keys  # the same API_KEYS the stack was given, if any
+    try:
+        download_one(state["entry"], [70_000 + 7 * n for n in range(8)] + [70_001], next(iter(keys), None), console)
+        return 0
+    except Exception as error:  # a demo reports what broke instead of a traceback
+        console.print(f"[red]demo failed:[/] {error}", highlight=False)
+        return 1
+    finally:
+        if started_here and not args.keep:
+            cmd_down(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlkit", description="Run the dlkit stack locally.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start the embedded stack in the background")
+    up.add_argument(
+        "--time-scale",
+        type=float,
+        default=float(os.environ.get("TIME_SCALE", 1.0)),
+        help="clock scale for every duration (default: TIME_SCALE or 1.0; 0.02 runs the story in seconds)",
+    )
+    up.add_argument("--workers", type=int, default=2, help="number of RQ workers (default: 2)")
+    up.add_argument(
+        "--base-port",
+        type=int,
+        default=int(os.environ.get("DLKIT_BASE_PORT", DEFAULT_BASE_PORT)),
+        help=f"nginx listens here, the other servers on the next ports (default: DLKIT_BASE_PORT or {DEFAULT_BASE_PORT})",
+    )
+    up.add_argument("--redis-url", help="use this Redis instead of starting Valkey (default: REDIS_URL if set)")
+    up.set_defaults(func=cmd_up)
+
+    status = commands.add_parser("status", help="live health of each component; exit 1 if any is unhealthy, 3 if none runs")
+    status.add_argument("--json", action="store_true", help="print {entry, components: {name: {url, healthy}}}")
+    status.set_defaults(func=cmd_status)
+
+    down = commands.add_parser("down", help="stop what `dlkit up` started")
+    down.set_defaults(func=cmd_down)
+
+    demo = commands.add_parser("demo", help="start the stack if needed and walk one download end to end")
+    demo.add_argument("--time-scale", type=float, default=float(os.environ.get("TIME_SCALE", 0.1)),
+                      help="clock scale if the stack must be started (default: TIME_SCALE or 0.1)")
+    demo.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    demo.add_argument("--base-port", type=int, default=int(os.environ.get("DLKIT_BASE_PORT", DEFAULT_BASE_PORT)),
+                      help=argparse.SUPPRESS)
+    demo.add_argument("--redis-url", help=argparse.SUPPRESS)
+    demo.add_argument("--keep", action="store_true", help="leave a stack this command started running")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

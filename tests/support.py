@@ -1,0 +1,48 @@
+"""Helpers the tests share: clients for the stack's users, and a polling loop like a real client's."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from dlkit.stack import Stack
+
+API_KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def client_for(stack: Stack, user: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {API_KEYS[user]}"} if user else {}
+    return httpx.Client(base_url=stack.entry, headers=headers, timeout=10)
+
+
+def poll(client: httpx.Client, job_id: str, until=TERMINAL, timeout_s: float = 30.0) -> list[dict]:
+    """Poll a job the way a client must (honouring Retry-After) until its status is in `until`
+    (or `until(document)` is true). Returns every status document seen.
+
+    Polling *is* the API's readiness signal.
+    """
+    done = until if callable(until) else (lambda doc: doc["status"] in until)
+    seen = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = client.get(f"/v1/download/status/{job_id}")
+        assert r.status_code in (200, 410), r.text
+        seen.append(r.json())
+        if done(seen[-1]):
+            return seen
+        assert time.monotonic() < deadline, f"job {job_id} stuck at {seen[-1]}"
+        time.sleep(float(r.headers["Retry-After"]))
+
+
+def initiate(client: httpx.Client, file_ids: list[int], **kw) -> httpx.Response:
+    r = client.post("/v1/download/initiate", json={"file_ids": file_ids}, **kw)
+    assert r.status_code == 202, r.text
+    return r
+
+
+def available_ids(n: int, start: int = 70_000) -> list[int]:
+    """n distinct available file ids (multiples of 7)."""
+    first = start + (-start) % 7
+    return list(range(first, first + 7 * n, 7))
