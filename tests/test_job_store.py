@@ -1,0 +1,97 @@
+"""The job store against the stack's real Valkey: forward-only states, TTLs, the watchdog, listing."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from dlkit.jobs import JobStatus, JobStore, job_key, owner_index_key
+
+
+def no_enqueue(pipe, job_id):
+    pass
+
+
+@pytest.fixture
+def owner():
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def clock():
+    now = [1_000_000.0]
+    return now
+
+
+@pytest.fixture
+def store(redis, clock):
+    return JobStore(redis, ttl_s=600, clock=lambda: clock[0])
+
+
+def test_a_new_job_is_queued_with_a_ttl(store, redis, owner):
+    job, created = store.create(owner, [70000, 70001], 2.0, no_enqueue)
+    assert created and store.get(job.id) == job
+    assert job.status is JobStatus.QUEUED
+    assert 590 < redis.ttl(job_key(job.id)) <= 600
+    assert 590 < redis.ttl(owner_index_key(owner)) <= 600
+
+
+def test_states_only_move_forward(store, owner):
+    job, _ = store.create(owner, [70000], 1.0, no_enqueue)
+    assert store.start(job.id).applied
+    assert not store.start(job.id).applied  # a second worker cannot take it
+    assert store.cancel(job.id).applied
+    # The worker finishing after the cancel changes nothing: cancelled never becomes completed.
+    result = store.complete(job.id, "k", 1, "x")
+    assert not result.applied and result.previous is JobStatus.CANCELLED
+    assert not store.record_progress(job.id, 1, []).applied
+    assert not store.fail(job.id, "late").applied
+    final = store.get(job.id)
+    assert final.status is JobStatus.CANCELLED and final.artifact_key is None and final.error is None
+
+
+def test_finished_jobs_cannot_be_cancelled(store, owner):
+    job, _ = store.create(owner, [70000], 1.0, no_enqueue)
+    store.start(job.id)
+    assert store.complete(job.id, "downloads/x.zip", 10, "abc").applied
+    result = store.cancel(job.id)
+    assert not result.applied and result.previous is JobStatus.COMPLETED
+
+
+def test_unknown_jobs_report_no_previous_state(store):
+    result = store.cancel(str(uuid.uuid4()))
+    assert not result.applied and result.previous is None
+
+
+def test_the_watchdog_fails_a_job_whose_heartbeat_is_stale(store, clock, owner):
+    job, _ = store.create(owner, [70000], 1.0, no_enqueue)
+    store.start(job.id)
+    clock[0] += 2.0
+    assert store.fail_if_stale(store.get(job.id), stale_after_s=3.0).status is JobStatus.PROCESSING
+    store.heartbeat(job.id)
+    clock[0] += 2.9
+    assert store.fail_if_stale(store.get(job.id), stale_after_s=3.0).status is JobStatus.PROCESSING
+    clock[0] += 0.2
+    failed = store.fail_if_stale(store.get(job.id), stale_after_s=3.0)
+    assert failed.status is JobStatus.FAILED and failed.error.startswith("worker lost")
+
+
+def test_a_failing_enqueue_stores_nothing(store, redis, owner):
+    def broken(pipe, job_id):
+        raise RuntimeError("queue unavailable")
+
+    with pytest.raises(RuntimeError):
+        store.create(owner, [70000], 1.0, broken, idempotency=("k1", "fp"))
+    assert redis.zcard(owner_index_key(owner)) == 0
+    assert store.create(owner, [70000], 1.0, no_enqueue, idempotency=("k1", "fp"))[1] is True
+
+
+def test_listing_is_newest_first_and_drops_expired_records(store, clock, redis, owner):
+    ids = []
+    for _ in range(3):
+        clock[0] += 1
+        ids.append(store.create(owner, [70000], 1.0, no_enqueue)[0].id)
+    redis.delete(job_key(ids[1]))  # as if its TTL had run out
+    assert [j.id for j in store.list_for_owner(owner, limit=10)] == [ids[2], ids[0]]
+    assert redis.zcard(owner_index_key(owner)) == 2
