@@ -49,6 +49,11 @@ def cancel_key(job_id: str) -> str:
     return f"{KEY_PREFIX}:job:{job_id}:cancel"
 
 
+def events_channel(job_id: str) -> str:
+    """Pub/sub channel announcing every change of the job's record (server-sent events listen)."""
+    return f"{KEY_PREFIX}:job:{job_id}:events"
+
+
 def owner_index_key(owner: str) -> str:
     return f"{KEY_PREFIX}:owner:{owner}:jobs"
 
@@ -174,16 +179,18 @@ class Job:
         }
 
 
-# KEYS[1] = job hash. ARGV[1] = allowed current statuses (space separated), ARGV[2] = new status
-# ('' to keep it), ARGV[3] = TTL seconds, then field/value pairs. Returns {applied, current status}.
+# KEYS[1] = job hash, KEYS[2] = its events channel. ARGV[1] = allowed current statuses (space
+# separated), ARGV[2] = new status ('' to keep it), ARGV[3] = TTL seconds, ARGV[4] = '1' to announce
+# the change on the channel, then field/value pairs. Returns {applied, current status}.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
 for s in string.gmatch(ARGV[1], '%S+') do
   if s == cur then
     if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[2]) end
-    for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
     redis.call('EXPIRE', KEYS[1], ARGV[3])
+    if ARGV[4] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[2] ~= '' and ARGV[2] or cur) end
     return {1, cur}
   end
 end
@@ -331,7 +338,8 @@ class JobStore:
         )
 
     def heartbeat(self, job_id: str) -> Transition:
-        return self._apply(job_id, (JobStatus.PROCESSING,), None, heartbeatAt=self.clock())
+        # Not announced: nothing a client sees has changed.
+        return self._apply(job_id, (JobStatus.PROCESSING,), None, announce=False, heartbeatAt=self.clock())
 
     def complete(self, job_id: str, artifact_key: str, size: int, sha256: str) -> Transition:
         now = self.clock()
@@ -350,11 +358,12 @@ class JobStore:
         now = self.clock()
         return self._apply(job_id, allowed, JobStatus.FAILED, error=error, finishedAt=now, updatedAt=now)
 
-    def _apply(self, job_id: str, allowed, new_status: JobStatus | None, **fields) -> Transition:
-        args: list = [" ".join(s.value for s in allowed), new_status.value if new_status else "", self.ttl_s]
+    def _apply(self, job_id: str, allowed, new_status: JobStatus | None, announce: bool = True, **fields) -> Transition:
+        args: list = [" ".join(s.value for s in allowed), new_status.value if new_status else "", self.ttl_s,
+                      "1" if announce else "0"]
         for name, value in fields.items():
             args += [name, repr(value) if isinstance(value, float) else str(value)]
-        applied, current = self._transition(keys=[job_key(job_id)], args=args)
+        applied, current = self._transition(keys=[job_key(job_id), events_channel(job_id)], args=args)
         return Transition(bool(applied), JobStatus(current.decode()) if current else None)
 
 

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # Jobs.
     JOB_TTL_S: int = Field(24 * 3600, gt=0)
     POLL_INTERVAL_S: float = Field(5, gt=0)
+    # Server-sent events send a comment this often, so no proxy on the way sees a silent stream.
+    SSE_HEARTBEAT_S: float = Field(15, gt=0)
+    # Each open stream holds a gunicorn thread: end it after this long; clients reconnect.
+    SSE_MAX_STREAM_S: float = Field(300, gt=0)
     WORKER_HEARTBEAT_S: float = Field(5, gt=0)
     # A processing job whose heartbeat is older than this is failed (its worker died).
     JOB_STALE_AFTER_S: float = Field(30, gt=0)
@@ -95,6 +99,14 @@ class Settings(BaseSettings):
     @property
     def poll_interval_s(self) -> float:
         return self.scaled(self.POLL_INTERVAL_S)
+
+    @property
+    def sse_heartbeat_s(self) -> float:
+        return self.scaled(self.SSE_HEARTBEAT_S)
+
+    @property
+    def sse_max_stream_s(self) -> float:
+        return self.scaled(self.SSE_MAX_STREAM_S)
 
     @property
     def heartbeat_s(self) -> float:

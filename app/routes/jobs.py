@@ -7,15 +7,16 @@ job record (dlkit/jobs.py) is the only state the API and the workers share.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 
-from flask import current_app
+from flask import Response, current_app, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
 
 from dlkit import files
-from dlkit.jobs import IdempotencyConflict, Job, JobStatus
+from dlkit.jobs import IdempotencyConflict, Job, JobStatus, events_channel
 from dlkit.storage import presign_download
 
 from ..auth import current_owner
@@ -139,6 +140,56 @@ def download(path: JobPath):
         raise Problem(409, "Job failed", job.error, slug="job-failed")
     raise Problem(409, "Job not finished", f"The job is {job.status.value}; poll its status.", slug="job-not-finished",
                   headers=_poll_headers(job))
+
+
+@bp.get(
+    "/download/events/<job_id>",
+    summary="Server-sent events: the status document on every change, heartbeats in between",
+    responses={200: None, **ERRORS},
+)
+def events(path: JobPath):
+    """An alternative to polling for clients that can hold a connection (browsers: EventSource).
+
+    Listens on the job's pub/sub channel, so events go out as the worker records them. Between
+    events a comment goes out every SSE_HEARTBEAT_S, so no proxy on the way sees a silent stream.
+    The stream ends at a terminal status, or after SSE_MAX_STREAM_S (the client reconnects:
+    EventSource does so by itself, after the `retry` delay given here).
+    """
+    job = _owned_job(path.job_id)
+    res = _res()
+    settings = res.settings
+
+    def stream():
+        pubsub = res.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(events_channel(job.id))
+        try:
+            yield f"retry: {max(1, round(settings.poll_interval_s * 1000))}\n\n"
+            # Read after subscribing, so a change between the two cannot be missed.
+            current = res.store.get(job.id) or job
+            yield _sse_event(current)
+            last_sent = current.updated_at, current.status
+            started = time.monotonic()
+            next_beat = started + settings.sse_heartbeat_s
+            while not current.status.is_terminal and time.monotonic() - started < settings.sse_max_stream_s:
+                message = pubsub.get_message(timeout=max(0.0, next_beat - time.monotonic()))
+                if message is None and time.monotonic() < next_beat:
+                    continue  # woken early (e.g. by the subscribe confirmation)
+                if message is None:
+                    yield ": heartbeat\n\n"
+                    next_beat += settings.sse_heartbeat_s
+                current = res.store.fail_if_stale(res.store.get(job.id) or current, settings.stale_after_s)
+                if (current.updated_at, current.status) != last_sent:
+                    yield _sse_event(current)
+                    last_sent = current.updated_at, current.status
+        finally:
+            pubsub.close()
+
+    return Response(stream_with_context(stream()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _sse_event(job: Job) -> str:
+    return f"id: {job.updated_at!r}\nevent: status\ndata: {json.dumps(_document(job))}\n\n"
 
 
 @bp.post(
