@@ -8,7 +8,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dlkit.settings import Settings
 
-from . import http
+from . import http, metrics
 from .extensions import Resources, connect_redis, make_limiter
 from .problems import register_error_handlers, validation_problem
 from .routes import jobs, legacy, service
@@ -30,10 +30,12 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         # Real client address from X-Forwarded-For, trusting only the proxies we know are there.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.TRUSTED_PROXY_HOPS, x_proto=settings.TRUSTED_PROXY_HOPS)
 
-    http.install(app)  # first: every later hook, the limiter's included, sees the request id
+    metrics.install(app)  # before every other hook: times and counts even the requests they refuse
+    http.install(app)  # next: every later hook, the limiter's included, sees the request id
     limiter = make_limiter(settings)
     limiter.init_app(app)
     app.extensions["dlkit"] = Resources(settings=settings, redis=connect_redis(settings), limiter=limiter)
+    metrics.attach_store(app)
     CORS(app, origins=settings.cors_origins,
          expose_headers=["Location", "Retry-After", "X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining",
                          "RateLimit-Reset", "Idempotent-Replayed"],

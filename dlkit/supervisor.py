@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-port", type=int, required=True)
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-chain", action="store_true", help="no emulated edge and LB in front of nginx")
     parser.add_argument("--ready-fd", type=int, required=True, help="pipe to report readiness on")
     args = parser.parse_args(argv)
 
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
 
     home = args.home.resolve()
-    stack = Stack(home, args.base_port, args.time_scale, args.workers, env=external_env(dict(os.environ)))
+    stack = Stack(home, args.base_port, args.time_scale, args.workers, env=external_env(dict(os.environ)),
+                  chain=not args.no_chain)
     try:
         try:
             stack.start()

@@ -23,6 +23,8 @@ STACK_ENV = {
     "API_KEYS": ",".join(f"{key}:{user}" for user, key in API_KEYS.items()),
     # 50 s at this scale: a presigned URL lives 1 s, so its expiry can be observed.
     "DOWNLOAD_URL_TTL_S": "50",
+    # Scaled clients poll every 0.1 s: the per-client limit is tested on its own (test_service.py).
+    "RATE_LIMIT_MAX_REQUESTS": "100000",
 }
 
 

@@ -1,15 +1,19 @@
-"""`python -m worker [--name NAME] [--burst]`: one RQ worker on the downloads queue.
+"""`python -m worker [--name NAME] [--burst] [--metrics-port PORT]`: one RQ worker on the downloads queue.
 
-Run as many as you like, on as many hosts as you like, against the same Redis.
+Run as many as you like, on as many hosts as you like, against the same Redis. With a metrics port
+(or WORKER_METRICS_PORT) each worker serves its own Prometheus /metrics there.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
+import os
+import tempfile
 
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue
 
 from dlkit.jobs import JobStore
 from dlkit.settings import Settings
@@ -19,7 +23,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     parser.add_argument("--name", help="worker name, unique per Redis (default: RQ picks one)")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    parser.add_argument("--metrics-port", type=int, default=_env_int("WORKER_METRICS_PORT"),
+                        help="serve Prometheus metrics on this port (default: $WORKER_METRICS_PORT, else none)")
+    parser.add_argument("--metrics-host", default=os.environ.get("WORKER_METRICS_HOST", "0.0.0.0"),
+                        help="address the metrics server binds (default: $WORKER_METRICS_HOST or 0.0.0.0)")
     args = parser.parse_args(argv)
+
+    # Multiprocess metrics need a directory of this worker's own, set and emptied before
+    # prometheus_client is first imported (worker.metrics imports it, and its metrics open their
+    # files then), so that the forked work horses inherit it.
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dlkit-worker-metrics-")
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    _wipe(metrics_dir)
+    from . import metrics
 
     settings = Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -29,15 +46,31 @@ def main(argv: list[str] | None = None) -> None:
     def on_horse_killed(job, retpid, ret_val, rusage) -> None:
         # RQ moves the job to its failed registry but knows nothing of our record: without
         # this the job would stay "processing" until the watchdog noticed.
-        store.fail(job.id, f"worker process died while processing (wait status {ret_val})")
+        failed = store.fail(job.id, f"worker process died while processing (wait status {ret_val})")
+        metrics.horse_killed(failed)
 
-    worker = Worker(
+    worker = metrics.MeteredWorker(
         [Queue(settings.QUEUE_NAME, connection=redis)],
         connection=redis,
         name=args.name,
         work_horse_killed_handler=on_horse_killed,
     )
+    worker.samples = metrics.Samples(metrics_dir)  # compacted after every job, served or not
+    if args.metrics_port is not None:
+        metrics.serve(worker, args.metrics_port, args.metrics_host)
     worker.work(burst=args.burst, logging_level="INFO", with_scheduler=False)
+
+
+def _wipe(directory: str) -> None:
+    """Remove a previous run's metric files: they would be summed into this run's counters."""
+    os.makedirs(directory, exist_ok=True)
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        os.remove(path)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
 
 
 if __name__ == "__main__":

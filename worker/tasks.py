@@ -21,6 +21,8 @@ from dlkit.jobs import JobStatus, JobStore, cancel_key
 from dlkit.settings import Settings
 from dlkit.storage import MultipartUpload, artifact_key, s3_client
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 # Fixed timestamp: the same files give the same zip, byte for byte.
@@ -40,9 +42,11 @@ def build_archive(job_id: str) -> dict:
     if not started.applied:
         # Cancelled while queued (or expired): a queued job that was cancelled never starts.
         log.info("job %s not started: status %s", job_id, started.previous)
+        metrics.job_skipped()
         return {"jobId": job_id, "skipped": started.previous.value if started.previous else "missing"}
 
     job = store.get(job_id)
+    metrics.job_started(job)
     s3 = s3_client(settings)
     key = artifact_key(job_id)
     upload = MultipartUpload(s3, settings.S3_BUCKET_NAME, key, settings.S3_PART_SIZE_BYTES)
@@ -50,23 +54,29 @@ def build_archive(job_id: str) -> dict:
         unavailable = _write_zip(job.file_ids, job.delay_s / job.total_files, upload, store, redis, settings, job_id)
         if len(unavailable) == job.total_files:
             upload.abort()
-            store.fail(job_id, f"none of the {job.total_files} requested files is available", allowed=(JobStatus.PROCESSING,))
+            failed = store.fail(job_id, f"none of the {job.total_files} requested files is available",
+                                allowed=(JobStatus.PROCESSING,))
+            metrics.job_failed(job, failed, metrics.NO_FILES_AVAILABLE)
             return {"jobId": job_id, "status": "failed"}
         upload.complete()
     except Stopped:
         _abort_quietly(upload)
+        metrics.job_stopped()
         return {"jobId": job_id, "status": (store.get(job_id) or job).status.value}
     except (BotoCoreError, ClientError) as exc:
         # boto3 has already retried with backoff (S3_MAX_ATTEMPTS); the store is really down.
         _abort_quietly(upload)
-        store.fail(job_id, f"storage unavailable: {exc}", allowed=(JobStatus.PROCESSING,))
+        failed = store.fail(job_id, f"storage unavailable: {exc}", allowed=(JobStatus.PROCESSING,))
+        metrics.job_failed(job, failed, metrics.STORAGE_UNAVAILABLE)
         return {"jobId": job_id, "status": "failed"}
     except Exception as exc:
         _abort_quietly(upload)
-        store.fail(job_id, f"internal error: {type(exc).__name__}", allowed=(JobStatus.PROCESSING,))
+        failed = store.fail(job_id, f"internal error: {type(exc).__name__}", allowed=(JobStatus.PROCESSING,))
+        metrics.job_failed(job, failed, metrics.INTERNAL_ERROR)
         raise
 
     done = store.complete(job_id, key, upload.size, upload.sha256.hexdigest())
+    metrics.job_completed(job, done, upload.size)
     if not done.applied:
         # Cancelled (or failed by the watchdog) while the last part was stored: remove it,
         # so a cancelled job never leaves an artifact behind.
@@ -83,8 +93,10 @@ def _write_zip(file_ids, step_s, upload, store: JobStore, redis: Redis, settings
             if files.is_available(file_id):
                 info = zipfile.ZipInfo(files.file_name(file_id), date_time=ZIP_DATE)
                 archive.writestr(info, files.file_bytes(file_id))
+                metrics.file_processed(available=True)
             else:
                 unavailable.append(file_id)
+                metrics.file_processed(available=False)
             if not store.record_progress(job_id, done, unavailable).applied:
                 raise Stopped()
     return unavailable

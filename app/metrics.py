@@ -1,0 +1,220 @@
+"""Prometheus metrics of the API: RED per route, the job transitions the API applies, and the
+queue's state read from Redis when Prometheus scrapes `GET /metrics`.
+
+Two modes, chosen by prometheus-client itself when it is first imported:
+- PROMETHEUS_MULTIPROC_DIR set (gunicorn, see gunicorn_conf.py): every worker process writes its
+  samples to files in that directory and /metrics sums them, so any worker can answer a scrape
+  and a restarted worker neither loses nor doubles what the others counted;
+- unset (tests in-process, `flask run`): one process, prometheus-client's default registry.
+
+Label values are bounded: `route` is the URL rule template (`/v1/download/status/<job_id>`) or
+`unmatched`, never a raw path; statuses and failure reasons come from fixed sets.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Worker
+from rq.registry import StartedJobRegistry
+
+from dlkit.jobs import ACTIVE, JobStatus, JobStore, Transition, job_key
+
+# The legacy synchronous call holds its request for up to 120 s (more behind a slow proxy), so
+# the buckets go past prometheus-client's default 10 s.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+HTTP_REQUESTS = Counter(
+    "dlkit_http_requests_total", "HTTP requests answered by the API.", ["route", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "dlkit_http_request_duration_seconds", "Time the API took to answer, by route.", ["route", "method"],
+    buckets=HTTP_BUCKETS,
+)
+# The same three names are counted by the workers for the transitions they apply (worker/metrics.py):
+# a job reaches a terminal status exactly once, so the sum over all processes counts each job once.
+JOBS_INITIATED = Counter("dlkit_jobs_initiated_total", "Jobs created (idempotent replays excluded).")
+JOBS_FINISHED = Counter(
+    "dlkit_jobs_finished_total", "Jobs that reached a terminal status, counted where the transition was applied.",
+    ["status"],
+)
+JOB_FAILURES = Counter("dlkit_job_failures_total", "Failed jobs by reason.", ["reason"])
+
+UNMATCHED = "unmatched"
+METRICS_PATH = "/metrics"
+
+
+class MeteredJobStore(JobStore):
+    """The API's job store, counting the transitions the API applies: creation, cancel, and the
+    watchdog failing a job whose worker is gone. Only applied transitions count, so a second
+    cancel of the same job (answered 200, idempotent) is not counted twice."""
+
+    def create(self, *args, **kwargs):
+        job, created = super().create(*args, **kwargs)
+        if created:
+            JOBS_INITIATED.inc()
+        return job, created
+
+    def cancel(self, job_id: str) -> Transition:
+        result = super().cancel(job_id)
+        if result.applied:
+            JOBS_FINISHED.labels(JobStatus.CANCELLED.value).inc()
+        return result
+
+    def fail(self, job_id: str, error: str, allowed: tuple[JobStatus, ...] = ACTIVE) -> Transition:
+        result = super().fail(job_id, error, allowed)
+        if result.applied:
+            # The API fails a job only from the watchdog (fail_if_stale): its worker stopped heartbeating.
+            JOBS_FINISHED.labels(JobStatus.FAILED.value).inc()
+            JOB_FAILURES.labels("worker_lost").inc()
+        return result
+
+
+class QueueCollector:
+    """Job and worker figures read from Redis at scrape time, each at a cost that does not grow with
+    the number of jobs kept in Redis (1M records cost the same as 10):
+
+    - queued jobs: LLEN of the RQ queue (cancelling a queued job removes it from the queue);
+    - oldest queued job age: LINDEX 0 (RQ pushes right, pops left) and that record's createdAt;
+    - processing jobs and their oldest heartbeat: the ids in RQ's started registry (one entry per
+      running job, so bounded by the number of workers plus entries whose worker died and that RQ
+      has not swept yet), then one HMGET each;
+    - workers by state: RQ's worker registry, one HGETALL per worker.
+
+    Terminal states are counters (dlkit_jobs_finished_total), not read here: counting them from
+    Redis would mean scanning every record. Every API instance reports the same cluster-wide
+    values, so aggregate these with max(), not sum(). Redis down gives dlkit_redis_up 0 and keeps
+    the rest of the scrape (the RED metrics) working.
+    """
+
+    def __init__(self, redis: Redis, queue_name: str, clock=time.time):
+        self.redis = redis
+        self.queue_name = queue_name
+        self.clock = clock
+
+    def collect(self):
+        up = GaugeMetricFamily("dlkit_redis_up", "1 when the API could read the queue state from Redis.")
+        try:
+            families = self._read()
+        except RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _read(self) -> list[GaugeMetricFamily]:
+        now = self.clock()
+        queue = Queue(self.queue_name, connection=self.redis)
+        queued = queue.count
+        oldest_age = 0.0
+        head = self.redis.lindex(queue.key, 0)
+        if head is not None:
+            created = self.redis.hget(job_key(head.decode()), "createdAt")
+            if created is not None:
+                oldest_age = max(0.0, now - float(created))
+
+        started_ids = StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)  # read-only: no sweep
+        processing, max_beat_age = 0, 0.0
+        if started_ids:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in started_ids:
+                    pipe.hmget(job_key(job_id), "status", "heartbeatAt", "startedAt")
+                rows = pipe.execute()
+            for status, beat, started in rows:
+                if status is not None and status.decode() == JobStatus.QUEUED.value:
+                    queued += 1  # taken by a worker whose horse has not started it yet: still queued
+                if status is None or status.decode() != JobStatus.PROCESSING.value:
+                    continue
+                processing += 1
+                last = beat or started
+                if last is not None:
+                    max_beat_age = max(max_beat_age, now - float(last))
+
+        workers = GaugeMetricFamily("dlkit_workers", "RQ workers registered in Redis, by state.", labels=["state"])
+        states = {"busy": 0, "idle": 0, "other": 0}
+        for worker in Worker.all(queue=queue):
+            state = getattr(worker.get_state(), "value", worker.get_state())  # WorkerStatus or plain str
+            states[state if state in states else "other"] += 1
+        for state, count in states.items():
+            workers.add_metric([state], count)
+
+        jobs = GaugeMetricFamily("dlkit_jobs", "Jobs not yet finished, by status.", labels=["status"])
+        jobs.add_metric([JobStatus.QUEUED.value], queued)
+        jobs.add_metric([JobStatus.PROCESSING.value], processing)
+        return [
+            jobs,
+            GaugeMetricFamily("dlkit_queue_oldest_job_age_seconds",
+                              "Age of the oldest job still queued (0 when the queue is empty).", value=oldest_age),
+            GaugeMetricFamily("dlkit_jobs_processing_max_heartbeat_age_seconds",
+                              "Oldest heartbeat among processing jobs (0 when none is processing).", value=max_beat_age),
+            workers,
+        ]
+
+
+def _route() -> str:
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED
+
+
+def metrics_view() -> Response:
+    res = current_app.extensions["dlkit"]
+    queue_state = CollectorRegistry()  # no auto_describe: registering must not read Redis twice
+    queue_state.register(QueueCollector(res.redis, res.settings.QUEUE_NAME))
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        # A fresh registry per scrape: MultiProcessCollector reads every worker's files now.
+        processes = CollectorRegistry()
+        MultiProcessCollector(processes)
+    else:
+        processes = REGISTRY
+    body = generate_latest(processes) + generate_latest(queue_state)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+
+
+def install(app: Flask) -> None:
+    """Time and count every request, serve GET /metrics, and count the API's job transitions.
+
+    Call before any other hook is registered: before_request hooks run in registration order, so
+    this one starts the clock even for requests that a later hook (the rate limiter) refuses.
+    """
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _record(response: Response) -> Response:
+        # after_request hooks run in reverse order, so this one, registered first, sees the final status.
+        # A streamed response (server-sent events) is timed to its first byte, not to its end.
+        started = g.pop("metrics_started", None)
+        route, method = _route(), request.method
+        HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
+        if started is not None:
+            HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+        return response
+
+    app.add_url_rule(METRICS_PATH, "metrics", metrics_view, methods=["GET"])
+
+
+def attach_store(app: Flask) -> None:
+    """Give the app's resources the metered job store (call once app.extensions["dlkit"] exists)."""
+    res = app.extensions["dlkit"]
+    # Resources.store is a cached_property: setting it replaces the plain store for the app's lifetime.
+    res.store = MeteredJobStore(res.redis, res.settings.JOB_TTL_S)
+    # Prometheus scrapes every few seconds; its requests must never eat a client's rate limit budget.
+    res.limiter.exempt(app.view_functions["metrics"])

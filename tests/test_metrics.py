@@ -1,0 +1,188 @@
+"""The /metrics of the API (gunicorn, multiprocess) and of the RQ workers, read from the real stack."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import create_app
+
+from .support import available_ids, initiate
+
+pytestmark = pytest.mark.stack
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Labels whose values come from fixed sets; anything else is a cardinality bug.
+BOUNDED_LABELS = {"route", "method", "status", "reason", "outcome", "result", "state", "le"}
+MAX_VALUES_PER_LABEL = 30
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of one /metrics answer."""
+    text = httpx.get(url, timeout=5).raise_for_status().text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    """Sum of the samples called `name` whose labels include `labels`."""
+    return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
+
+
+def api_url(stack) -> str:
+    return f"http://127.0.0.1:{stack.ports['api']}/metrics"
+
+
+def worker_urls(stack) -> list[str]:
+    count = sum(1 for name in stack.components if name.startswith("worker-"))
+    return [f"http://127.0.0.1:{stack.ports[f'worker_metrics_{index}']}/metrics" for index in range(1, count + 1)]
+
+
+def total(urls: list[str], name: str, **labels) -> float:
+    return sum(value(scrape(url), name, **labels) for url in urls)
+
+
+def finished(stack) -> float:
+    return total([api_url(stack), *worker_urls(stack)], "dlkit_jobs_finished_total")
+
+
+def wait_for_finished(stack, count: float, timeout_s: float = 30) -> None:
+    """Until `count` jobs have finished in all: the metrics are the readiness signal here, so these
+    tests do not spend the rate-limited API budget the other tests share on polling."""
+    deadline = time.monotonic() + timeout_s
+    while finished(stack) < count:
+        assert time.monotonic() < deadline, f"only {finished(stack)} of {count} jobs finished"
+        time.sleep(0.1)
+
+
+def wait_until_idle(stack, timeout_s: float = 30) -> None:
+    """Until no job is queued or processing (jobs of earlier tests would move the counters)."""
+    deadline = time.monotonic() + timeout_s
+    while value(scrape(api_url(stack)), "dlkit_jobs") > 0:
+        assert time.monotonic() < deadline, "jobs of earlier tests still running"
+        time.sleep(0.1)
+
+
+def test_names_follow_conventions_and_labels_are_bounded(stack, settings, alice):
+    # Traffic that could leak ids or paths into labels: job ids in URLs, unknown paths.
+    wait_until_idle(stack)
+    before = finished(stack)
+    job_id = initiate(alice, available_ids(2)).json()["jobId"]
+    wait_for_finished(stack, before + 1)
+    alice.get(f"/v1/download/status/{job_id}")
+    alice.get(f"/v1/download/{job_id}")
+    alice.get("/no/such/path/12345")
+
+    with httpx.Client() as client:
+        texts = [client.get(url).raise_for_status().text for url in [api_url(stack), *worker_urls(stack)]]
+    routes = {rule.rule for rule in create_app(settings).url_map.iter_rules()} | {"unmatched"}
+    values_per_label: dict[str, set[str]] = {}
+    ours = 0
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if not family.name.startswith("dlkit_"):
+                continue  # prometheus-client's own process_* and python_* metrics (single-process only)
+            ours += 1
+            assert re.fullmatch(r"dlkit_[a-z0-9_]+", family.name)
+            if family.type == "counter":
+                assert all(s.name.endswith("_total") for s in family.samples), family.name
+            if family.type == "histogram":
+                assert family.name.endswith(("_seconds", "_bytes")), f"{family.name}: histograms carry a base unit"
+            if "duration" in family.name or "age" in family.name or "wait" in family.name:
+                assert family.name.endswith("_seconds"), family.name
+            for sample in family.samples:
+                for label, label_value in sample.labels.items():
+                    assert label in BOUNDED_LABELS, f"{family.name}: unexpected label {label}"
+                    assert not UUID.search(label_value), f"{family.name}: an id in label {label}"
+                    values_per_label.setdefault(label, set()).add(label_value)
+                if "route" in sample.labels:
+                    assert sample.labels["route"] in routes, f"not a route template: {sample.labels['route']}"
+    assert ours >= 15
+    for label, seen in values_per_label.items():
+        assert len(seen) <= MAX_VALUES_PER_LABEL, f"{label} has {len(seen)} values: {sorted(seen)}"
+    assert "/v1/download/status/<job_id>" in values_per_label["route"]
+    assert "unmatched" in values_per_label["route"]
+
+
+def test_job_transitions_are_counted_once(stack, alice):
+    """Completed in the work horse, cancelled in the API: each job once, a repeated cancel not again."""
+    urls = [api_url(stack), *worker_urls(stack)]
+    wait_until_idle(stack)
+    before_completed = total(urls, "dlkit_jobs_finished_total", status="completed")
+    before_cancelled = total(urls, "dlkit_jobs_finished_total", status="cancelled")
+    before_initiated = total(urls, "dlkit_jobs_initiated_total")
+    before_handled = total(worker_urls(stack), "dlkit_worker_jobs_total")
+    before_all = finished(stack)
+
+    for i in range(3):
+        initiate(alice, available_ids(1, start=71_000 + 70 * i))
+    wait_for_finished(stack, before_all + 3)
+    # Many files: the job is still running (or queued) when cancelled, and cancelled twice.
+    cancelled = initiate(alice, available_ids(50, start=72_000)).json()["jobId"]
+    for _ in range(2):
+        assert alice.post(f"/v1/download/cancel/{cancelled}").status_code == 200
+
+    assert total(urls, "dlkit_jobs_initiated_total") == before_initiated + 4
+    assert total(urls, "dlkit_jobs_finished_total", status="completed") == before_completed + 3
+    assert total(urls, "dlkit_jobs_finished_total", status="cancelled") == before_cancelled + 1
+    # The work horses that ran those jobs are gone; what they counted is still served.
+    assert total(worker_urls(stack), "dlkit_worker_jobs_total") >= before_handled + 3
+
+
+def test_worker_metric_files_stay_bounded(stack, alice):
+    """Each horse's files are folded into the worker's archive after its job: no file per job."""
+    before = finished(stack)
+    for i in range(4):
+        initiate(alice, available_ids(1, start=73_000 + 70 * i))
+    wait_for_finished(stack, before + 4)
+    for name in (n for n in stack.components if n.startswith("worker-")):
+        directory = stack.home / "metrics" / name
+        # The worker's own counter and histogram files, plus one archive of each. Bounded wait: the
+        # last horse may still be exiting when its job is already counted.
+        deadline = time.monotonic() + 10
+        while len(files := sorted(p.name for p in directory.glob("*.db"))) > 4:
+            assert time.monotonic() < deadline, files
+            time.sleep(0.1)
+
+
+def test_killing_a_gunicorn_worker_neither_loses_nor_doubles_counters(stack):
+    url = api_url(stack)
+    health = f"http://127.0.0.1:{stack.ports['api']}/health"
+    with httpx.Client() as client:
+        for _ in range(10):  # spread over the gunicorn workers
+            client.get(health).raise_for_status()
+    before = value(scrape(url), "dlkit_http_requests_total", route="/health", status="200")
+
+    master = psutil.Process(stack.components["api"].pid)
+    workers = master.children()
+    assert len(workers) >= 2
+    victim = workers[0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while len([w for w in master.children() if w.pid != victim.pid]) < len(workers):
+        assert time.monotonic() < deadline, "gunicorn did not replace the killed worker"
+        time.sleep(0.1)  # gunicorn's arbiter has no readiness signal to await; bounded poll
+    assert value(scrape(url), "dlkit_http_requests_total", route="/health", status="200") == before
+
+    with httpx.Client() as client:
+        for _ in range(10):
+            client.get(health).raise_for_status()
+    assert value(scrape(url), "dlkit_http_requests_total", route="/health", status="200") == before + 10
+
+
+def test_metrics_are_not_rate_limited(stack):
+    with httpx.Client() as client:
+        for _ in range(3):
+            r = client.get(api_url(stack))
+            assert r.status_code == 200
+            assert "RateLimit-Remaining" not in r.headers  # the limiter does not count it

@@ -1,0 +1,76 @@
+"""The proxy configs themselves: the production nginx file passes `nginx -t` with the nginx the kit
+installs, and the local renders scale exactly the durations. Pure file work, no stack."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dlkit import chain
+from dlkit.stack import nginx_binary
+
+PRODUCTION_VALUES = {
+    "DLKIT_UPSTREAM": "127.0.0.1:8000",
+    "DLKIT_LISTEN": "127.0.0.1:8080",
+    "DLKIT_TRUSTED_PROXIES": "10.0.0.0/8",
+}
+
+
+def nginx_t(tmp_path: Path, http_block: str) -> subprocess.CompletedProcess:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  client_body_temp_path {tmp_path}/cb;\n  proxy_temp_path {tmp_path}/pt;\n"
+        f"  fastcgi_temp_path {tmp_path}/ft;\n  uwsgi_temp_path {tmp_path}/ut;\n  scgi_temp_path {tmp_path}/st;\n"
+        f"{http_block}\n}}\n"
+    )
+    return subprocess.run([nginx_binary(), "-t", "-p", f"{tmp_path}/", "-c", str(conf), "-e", str(tmp_path / "error.log")],
+                          capture_output=True, text=True)
+
+
+def test_the_production_server_block_passes_nginx_t(tmp_path):
+    server = chain.fill((chain.ROOT / chain.NGINX_TEMPLATE).read_text(),
+                        {**PRODUCTION_VALUES, "DLKIT_ACCESS_LOG": tmp_path / "access.log"})
+    (tmp_path / "dlkit.conf").write_text(server)
+    result = nginx_t(tmp_path, f"  include {tmp_path}/dlkit.conf;")
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_every_timeout_in_the_production_file_is_explicit():
+    text = (chain.ROOT / chain.NGINX_TEMPLATE).read_text()
+    body = lambda location: re.search(r"location %s \{(.*?)\n    \}" % re.escape(location), text, re.DOTALL)[1]
+    for location in ["= /v1/download/initiate", "/v1/download/status/", "= /v1/download/start", "/v1/download/events/"]:
+        for directive in ("proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout"):
+            assert re.search(rf"^\s+{directive} \d+s;", body(location), re.MULTILINE), (location, directive)
+    for directive in ("keepalive_timeout", "client_header_timeout", "client_body_timeout", "send_timeout"):
+        assert re.search(rf"^\s+{directive} \d+s;", text, re.MULTILINE), directive
+
+
+def test_scaling_multiplies_every_duration_and_nothing_else():
+    conf = "    proxy_read_timeout 60s;\n    keepalive_timeout 75s;\n    keepalive 32;\n    send_timeout 2m;\n"
+    scaled = chain.scale_durations(conf, 0.02)
+    assert "proxy_read_timeout 1200ms;" in scaled
+    assert "keepalive_timeout 1500ms;" in scaled
+    assert "send_timeout 2400ms;" in scaled
+    assert "keepalive 32;" in scaled  # a count, not a duration
+
+
+def test_scaled_durations_keep_a_one_second_floor():
+    # A status poll's 5 s would become 100 ms, shorter than a loaded machine's real status call.
+    assert "proxy_read_timeout 1000ms;" in chain.scale_durations("  proxy_read_timeout 5s;\n", 0.02)
+
+
+def test_unknown_placeholders_are_refused():
+    with pytest.raises(KeyError):
+        chain.fill("listen ${DLKIT_NOPE};", {})
+
+
+def test_the_layer_of_an_answer():
+    assert chain.layer_of(200, {}) == "ok"
+    assert chain.layer_of(504, {}) == "app"
+    assert chain.layer_of(504, {"X-Dlkit-Layer": "lb"}) == "lb"
+    assert chain.layer_of(524, {"X-Dlkit-Layer": "edge"}) == "edge"
