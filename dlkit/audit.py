@@ -212,7 +212,8 @@ def _deployment(chain: Chain, deployment: Deployment) -> list[Finding]:
     if templates is not None:
         served = [t for t in templates if Path(t.value).as_posix().removeprefix("./") == NGINX_CONF.as_posix()]
         for other in templates:
-            if other not in served:
+            # Companions of the server block from the same folder (metrics.conf.template) are fine.
+            if other not in served and Path(other.value).parent.as_posix().removeprefix("./") != NGINX_CONF.parent.as_posix():
                 findings.append(Finding("compose-nginx-config", Severity.ERROR,
                     f"{COMPOSE} mounts {other.value} into {NGINX_TEMPLATES_DIR}: nginx in compose must serve "
                     f"{NGINX_CONF}, the config the audit checks", (other.where,)))  # fmt: skip

@@ -19,6 +19,7 @@ NGINX_TEMPLATE = Path("proxy/nginx/dlkit.conf.template")
 LOCAL_WRAPPER = Path("proxy/nginx/local.conf.template")
 EDGE_TEMPLATE = Path("proxy/emulation/edge.conf.template")
 LB_TEMPLATE = Path("proxy/emulation/lb.conf.template")
+METRICS_TEMPLATE = Path("proxy/nginx/metrics.conf.template")
 
 # nginx directives whose value is a duration.
 DURATIONS = (

@@ -59,7 +59,7 @@ S3_REGION = "us-east-1"
 
 # Each port is base + offset. Offsets stay below PORT_SPAN, leaving room for later components,
 # so stacks whose base ports are PORT_SPAN apart never collide.
-PORT_SPAN = 20
+PORT_SPAN = 24
 MAX_WORKERS = 4
 PORT_OFFSETS = {
     # The entry: with the emulated chain the edge, else nginx itself.
@@ -79,6 +79,10 @@ PORT_OFFSETS = {
     **{f"worker_metrics_{index}": 11 + index for index in range(1, 5)},
     "lb": 16,
     "nginx": 17,
+    # Each proxy's request counters (proxy/nginx/metrics.conf.template), for Prometheus.
+    "edge_metrics": 18,
+    "lb_metrics": 19,
+    "nginx_metrics": 20,
 }
 
 # Seconds each server gets to become ready, and again to stop before it is killed.
@@ -686,6 +690,8 @@ class Stack:
             "API_TARGETS": [f"{HOST}:{self.ports['api']}"],
             "WORKER_TARGETS": [f"{HOST}:{self.ports[f'worker_metrics_{index}']}" for index in range(1, workers + 1)],
             "PROMETHEUS_TARGETS": [f"{HOST}:{self.ports['prometheus']}"],
+            "PROXY_TARGETS": [f"{HOST}:{self.ports[f'{name}_metrics']}" for name in ("edge", "lb", "nginx")
+                              if name in self.components],
         }
         values = {name: json.dumps(value) for name, value in targets.items()}  # a JSON list is a YAML list
         values |= {
@@ -727,18 +733,25 @@ class Stack:
 
         nginx: the production server block (proxy/nginx), durations scaled, in a local wrapper.
         lb, edge: the emulated ALB and Cloudflare (proxy/emulation), timeouts from the production
-        Terraform variables, scaled.
+        Terraform variables, scaled. Each also gets the request counters (metrics.conf).
         """
+        prefix = self.home / name
+        metrics = chain_module.render_layer(chain_module.METRICS_TEMPLATE, self.config_root, {
+            "DLKIT_NJS_DIR": self.config_root / chain_module.METRICS_TEMPLATE.parent,
+            "DLKIT_LAYER": name,
+            "DLKIT_METRICS_LISTEN": f"{HOST}:{self.ports[f'{name}_metrics']}",
+        })
         if name == "nginx":
             server = chain_module.render_nginx(self.config_root, self.time_scale, {
                 "DLKIT_UPSTREAM": f"{HOST}:{self.ports['api']}",
                 "DLKIT_LISTEN": f"{HOST}:{self.ports['nginx']}",
                 "DLKIT_ACCESS_LOG": self._log("nginx-access"),
+                "DLKIT_CONF_DIR": prefix,
                 # The hop in front (the emulated LB, or a local client) is on loopback.
                 "DLKIT_TRUSTED_PROXIES": HOST,
             })
             main = chain_module.render_layer(chain_module.LOCAL_WRAPPER, self.config_root, self._nginx_values("nginx"))
-            return {"nginx.conf": main, "dlkit.conf": server}
+            return {"nginx.conf": main, "dlkit.conf": server, "metrics.conf": metrics}
         template, upstream = {
             "lb": (chain_module.LB_TEMPLATE, self.ports["nginx"]),
             "edge": (chain_module.EDGE_TEMPLATE, self.ports["lb"]),
@@ -749,7 +762,7 @@ class Stack:
             "PORT": self.ports[name],
             "UPSTREAM_PORT": upstream,
         }
-        return {"nginx.conf": chain_module.render_layer(template, self.config_root, values)}
+        return {"nginx.conf": chain_module.render_layer(template, self.config_root, values), "metrics.conf": metrics}
 
     def _nginx_values(self, name: str) -> dict[str, Any]:
         """What every local nginx needs: its user, prefix and logs under HOME."""

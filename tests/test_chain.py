@@ -27,6 +27,8 @@ from .support import available_ids, initiate, poll
 CONFIG_FILES = [
     "proxy/nginx/dlkit.conf.template",
     "proxy/nginx/local.conf.template",
+    "proxy/nginx/metrics.conf.template",
+    "proxy/nginx/metrics.js",
     "proxy/emulation/edge.conf.template",
     "proxy/emulation/lb.conf.template",
     "proxy/cloudflare/variables.tf",
@@ -168,3 +170,19 @@ def test_polling_through_the_chain_sees_no_5xx(stack):
         results = list(pool.map(one_download, range(12)))
     assert results == ["completed"] * 12
     assert not [code for code in statuses if code >= 500], statuses
+
+
+def _counters(stack, layer: str) -> dict[tuple[str, str], float]:
+    """(route, status) -> count, as the layer's own /metrics (njs) reports it."""
+    text = httpx.get(f"http://127.0.0.1:{stack.ports[f'{layer}_metrics']}/metrics").text
+    found = re.findall(r'dlkit_proxy_requests_total\{layer="%s",route="(\w+)",status="(\d+)"\} (\d+)' % layer, text)
+    return {(route, status): float(count) for route, status, count in found}
+
+
+def test_each_layer_counts_what_it_answered(chain, tmp_path):
+    """The edge cut the request (524); the LB and nginx behind it saw their client leave (499)."""
+    chain.reconfigure(config_copy(tmp_path, 50, 105, 110), env={"REQUEST_TIMEOUT_MS": "115000"})
+    assert start_once(chain.entry) == (524, "edge")
+    assert _counters(chain, "edge").get(("start", "524")) == 1, httpx.get(f"http://127.0.0.1:{chain.ports['edge_metrics']}/metrics").text
+    assert _counters(chain, "lb")[("start", "499")] == 1
+    assert _counters(chain, "nginx")[("start", "499")] == 1

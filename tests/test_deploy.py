@@ -114,8 +114,8 @@ def test_ports_agree_across_services(services):
     assert nginx["DLKIT_UPSTREAM"] == f"api:{port}"
     assert f"127.0.0.1:{port}/health" in " ".join(services["api"]["healthcheck"]["test"])
     # The official image renders templates with envsubst, limited to the kit's placeholders.
-    template = (ROOT / "proxy" / "nginx" / "dlkit.conf.template").read_text()
-    placeholders = set(re.findall(r"\$\{(\w+)\}", template))
+    templates = [ROOT / "proxy" / "nginx" / name for name in ("dlkit.conf.template", "metrics.conf.template")]
+    placeholders = {p for t in templates for p in re.findall(r"\$\{(\w+)\}", t.read_text())}
     assert placeholders == {k for k in nginx if k.startswith("DLKIT_")}
     assert all(re.match(nginx["NGINX_ENVSUBST_FILTER"], p) for p in placeholders)
     # nginx listens where compose publishes it.
@@ -243,8 +243,5 @@ def test_checkov_passes_on_staging(checkov):
     assert _checkov_failures(checkov, "infra/terraform") == []
 
 
-@pytest.mark.xfail(strict=True, reason="proxy/alb (owned elsewhere) lacks inline skips: its example opens port 80 to "
-                   "0.0.0.0/0 and turns deletion protection off, its rules have no descriptions, and the module has "
-                   "no WAF (staging adds one); remove this mark once proxy/ carries them")  # fmt: skip
 def test_checkov_passes_on_the_proxy_modules(checkov):
     assert _checkov_failures(checkov, "proxy") == []

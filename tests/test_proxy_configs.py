@@ -16,6 +16,9 @@ PRODUCTION_VALUES = {
     "DLKIT_UPSTREAM": "127.0.0.1:8000",
     "DLKIT_LISTEN": "127.0.0.1:8080",
     "DLKIT_TRUSTED_PROXIES": "10.0.0.0/8",
+    "DLKIT_NJS_DIR": chain.ROOT / "proxy" / "nginx",
+    "DLKIT_LAYER": "nginx",
+    "DLKIT_METRICS_LISTEN": "127.0.0.1:9113",
 }
 
 
@@ -32,9 +35,9 @@ def nginx_t(tmp_path: Path, http_block: str) -> subprocess.CompletedProcess:
 
 
 def test_the_production_server_block_passes_nginx_t(tmp_path):
-    server = chain.fill((chain.ROOT / chain.NGINX_TEMPLATE).read_text(),
-                        {**PRODUCTION_VALUES, "DLKIT_ACCESS_LOG": tmp_path / "access.log"})
-    (tmp_path / "dlkit.conf").write_text(server)
+    values = {**PRODUCTION_VALUES, "DLKIT_ACCESS_LOG": tmp_path / "access.log", "DLKIT_CONF_DIR": tmp_path}
+    (tmp_path / "dlkit.conf").write_text(chain.fill((chain.ROOT / chain.NGINX_TEMPLATE).read_text(), values))
+    (tmp_path / "metrics.conf").write_text(chain.fill((chain.ROOT / chain.METRICS_TEMPLATE).read_text(), values))
     result = nginx_t(tmp_path, f"  include {tmp_path}/dlkit.conf;")
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr

@@ -1,4 +1,6 @@
 resource "aws_lb" "this" {
+  #checkov:skip=CKV2_AWS_28: a reusable module; the WAF association belongs to the deployment (infra/terraform adds one)
+  #checkov:skip=CKV_AWS_150: deletion protection is var.deletion_protection (default true); the example turns it off to be destroyable
   name               = var.name
   load_balancer_type = "application"
   internal           = var.internal

@@ -43,6 +43,7 @@ resource "aws_security_group" "alb" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "https" {
+  description       = "HTTPS from clients"
   security_group_id = aws_security_group.alb.id
   cidr_ipv4         = "0.0.0.0/0"
   ip_protocol       = "tcp"
@@ -51,6 +52,8 @@ resource "aws_vpc_security_group_ingress_rule" "https" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "http" {
+  #checkov:skip=CKV_AWS_260: port 80 only answers a redirect to HTTPS (the module's HTTP listener)
+  description       = "HTTP from clients, redirected to HTTPS"
   security_group_id = aws_security_group.alb.id
   cidr_ipv4         = "0.0.0.0/0"
   ip_protocol       = "tcp"
@@ -59,6 +62,7 @@ resource "aws_vpc_security_group_ingress_rule" "http" {
 }
 
 resource "aws_vpc_security_group_egress_rule" "nginx" {
+  description       = "To nginx targets in the VPC"
   security_group_id = aws_security_group.alb.id
   cidr_ipv4         = data.aws_vpc.this.cidr_block
   ip_protocol       = "tcp"
