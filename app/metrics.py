@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.registry import StartedJobRegistry
 
+from dlkit import accounting
 from dlkit.jobs import ACTIVE, JobStatus, JobStore, Transition, job_key
 
 # The legacy synchronous call holds its request for up to 120 s (more behind a slow proxy), so
@@ -56,23 +57,31 @@ JOB_FAILURES = Counter("dlkit_job_failures_total", "Failed jobs by reason.", ["r
 
 UNMATCHED = "unmatched"
 METRICS_PATH = "/metrics"
+DOWNLOAD_ROUTE = "/v1/download/<job_id>"  # its 302 hands out the artifact: dlkit/accounting.py counts it
 
 
 class MeteredJobStore(JobStore):
     """The API's job store, counting the transitions the API applies: creation, cancel, and the
     watchdog failing a job whose worker is gone. Only applied transitions count, so a second
-    cancel of the same job (answered 200, idempotent) is not counted twice."""
+    cancel of the same job (answered 200, idempotent) is not counted twice. Creation and cancel
+    also go to the backend accounting (dlkit/accounting.py) that `dlkit demo` reads."""
 
     def create(self, *args, **kwargs):
         job, created = super().create(*args, **kwargs)
         if created:
             JOBS_INITIATED.inc()
+            accounting.job_created(self.redis)
         return job, created
 
     def cancel(self, job_id: str) -> Transition:
         result = super().cancel(job_id)
         if result.applied:
             JOBS_FINISHED.labels(JobStatus.CANCELLED.value).inc()
+            if result.previous is JobStatus.PROCESSING:
+                # Work done so far is lost: the worker aborts the upload. Queued jobs cost nothing.
+                job = self.get(job_id)
+                if job is not None and job.started_at is not None and job.finished_at is not None:
+                    accounting.job_cancelled_running(self.redis, min(job.delay_s, job.finished_at - job.started_at))
         return result
 
     def fail(self, job_id: str, error: str, allowed: tuple[JobStatus, ...] = ACTIVE) -> Transition:
@@ -172,6 +181,13 @@ def _route() -> str:
     return rule.rule if rule is not None else UNMATCHED
 
 
+def _count_download(job_id: str) -> None:
+    res = current_app.extensions["dlkit"]
+    job = res.store.get(job_id)
+    if job is not None:
+        accounting.job_downloaded(res.redis, job.id, job.delay_s)
+
+
 def metrics_view() -> Response:
     res = current_app.extensions["dlkit"]
     queue_state = CollectorRegistry()  # no auto_describe: registering must not read Redis twice
@@ -206,6 +222,8 @@ def install(app: Flask) -> None:
         HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
         if started is not None:
             HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+        if route == DOWNLOAD_ROUTE and response.status_code == 302:
+            _count_download(request.view_args["job_id"])
         return response
 
     app.add_url_rule(METRICS_PATH, "metrics", metrics_view, methods=["GET"])

@@ -3,7 +3,7 @@
     dlkit up       start every server in the background, return once each one is ready
     dlkit status   live health of each component (--json for scripts)
     dlkit down     stop exactly what `up` started
-    dlkit demo     start the stack if needed and walk one download end to end
+    dlkit demo     start the stack if needed, reproduce the 504s under load and prove the fix
     dlkit audit    check the timeout budget of the proxy chain in the config files
 
 Everything a stack writes lives in DLKIT_HOME (default ./.dlkit): state.json, logs/, data, configs.
@@ -221,22 +221,39 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Bring the stack up if needed, walk one download end to end, stop what this command started."""
+    """Start the stack if needed, run the Locust scenarios through the chain, print and write the report."""
+    from dlkit.demo import DEMO_RATE_LIMIT, run_demo
     from dlkit.settings import Settings
-    from dlkit.walkthrough import download_one
 
+    scale = args.time_scale if args.time_scale is not None else float(
+        os.environ.get("TIME_SCALE", 0.02 if args.quick else 0.1))
+    args.time_scale = scale  # what cmd_up reads
     home = _home()
     state = read_state(home)
     started_here = state is None or running_supervisor(state) is None
+    began = time.monotonic()
     if started_here:
-        console.print(f"starting a stack at time scale {args.time_scale:g} "
-                      f"(a 10-120 s download takes {10 * args.time_scale:g}-{120 * args.time_scale:g} s)")
+        # Every Locust user is one client to the per-client limiter: load tests need a high limit.
+        os.environ["RATE_LIMIT_MAX_REQUESTS"] = str(max(DEMO_RATE_LIMIT, int(os.environ.get("RATE_LIMIT_MAX_REQUESTS", 0))))
+        console.print(f"starting a stack at time scale {scale:g} (a 10-120 s download takes "
+                      f"{10 * scale:g}-{120 * scale:g} s), {args.workers} workers, "
+                      f"RATE_LIMIT_MAX_REQUESTS={os.environ['RATE_LIMIT_MAX_REQUESTS']}")
         if cmd_up(args) != 0:
             return 1
         state = read_state(home)
+    elif state["time_scale"] != scale:
+        console.print(f"using the running stack's time scale {state['time_scale']:g} (its clock decides); "
+                      "its rate limit must be high (RATE_LIMIT_MAX_REQUESTS), or the report shows 429s")
+    scale = state["time_scale"]
+    workers = sum(name.startswith("worker-") for name in state["components"])
     keys = Settings.from_env().api_keys  # the same API_KEYS the stack was given, if any
+    report = args.report or Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     try:
-        download_one(state["entry"], [70_000 + 7 * n for n in range(8)] + [70_001], next(iter(keys), None), console)
+        summary = run_demo(state["entry"], state["redis_url"], scale, workers, quick=args.quick, users=args.users,
+                           report=report, api_key=next(iter(keys), None), console=console, run_s=args.run_time)
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2))
+        console.print(f"demo done in {time.monotonic() - began:.0f} s")
         return 0
     except Exception as error:  # a demo reports what broke instead of a traceback
         console.print(f"[red]demo failed:[/] {error}", highlight=False)
@@ -283,10 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     down = commands.add_parser("down", help="stop what `dlkit up` started")
     down.set_defaults(func=cmd_down)
 
-    demo = commands.add_parser("demo", help="start the stack if needed and walk one download end to end")
-    demo.add_argument("--time-scale", type=float, default=float(os.environ.get("TIME_SCALE", 0.1)),
-                      help="clock scale if the stack must be started (default: TIME_SCALE or 0.1)")
-    demo.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    demo = commands.add_parser("demo", help="start the stack if needed, reproduce the 504s with Locust and prove the fix")
+    demo.add_argument("--time-scale", type=float, default=None,
+                      help="clock scale if the stack must be started (default: TIME_SCALE, else 0.02 with --quick, "
+                           "0.1 without: a real minute takes 6 s)")
+    demo.add_argument("--quick", action="store_true", help="short runs at time scale 0.02: under 2 minutes in all")
+    demo.add_argument("--users", type=int, default=20,
+                      help="Locust users of the sync and retry-storm scenarios (default 20; polling: 2 per worker)")
+    demo.add_argument("--run-time", type=float, default=None, help="seconds per scenario (default: 20 with --quick, "
+                      "else 600 x time scale, at least 60)")
+    demo.add_argument("--json", type=Path, help="also write the summary (summary.json) to this path")
+    demo.add_argument("--report", type=Path, help="report folder (default: reports/<timestamp>/)")
+    demo.add_argument("--workers", type=int, default=4, help=argparse.SUPPRESS)
     demo.add_argument("--base-port", type=int, default=int(os.environ.get("DLKIT_BASE_PORT", DEFAULT_BASE_PORT)),
                       help=argparse.SUPPRESS)
     demo.add_argument("--redis-url", help=argparse.SUPPRESS)

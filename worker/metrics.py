@@ -25,8 +25,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
-from rq import Worker
+from rq import Worker, get_current_job
 
+from dlkit import accounting
 from dlkit.jobs import Job, JobStatus, Transition
 
 # Jobs take 10-120 s at real speed plus their queue wait; prometheus-client's default buckets stop
@@ -91,6 +92,8 @@ def job_completed(job: Job, done: Transition, size: int) -> None:
     RUN_TIME.observe(max(0.0, now - job.started_at))
     TIME_TO_FILE.observe(max(0.0, now - job.created_at))
     ARTIFACT_BYTES.inc(size)
+    # Backend accounting (dlkit/accounting.py), in the job's own Redis: the horse's RQ connection.
+    accounting.job_completed(get_current_job().connection, job.delay_s)
 
 
 def job_failed(job: Job, failed: Transition, reason: str) -> None:

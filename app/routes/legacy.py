@@ -2,7 +2,8 @@
 
 `start` holds the connection for the whole simulated delay. It is kept on purpose: it is the
 problem this kit reproduces. When REQUEST_TIMEOUT_MS passes first it answers 504, and the
-work goes on in the background for nobody, exactly like the real thing.
+work goes on in the background for nobody, exactly like the real thing. dlkit/accounting.py
+counts it: every handler started and finished, and the work finished after its client got the 504.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from flask import current_app
 from flask_openapi3 import APIBlueprint, Tag
 
-from dlkit import files
+from dlkit import accounting, files
 
 from ..auth import current_owner
 from ..problems import Problem
@@ -42,20 +43,35 @@ def check(body: FileRequest):
 )
 def start(body: FileRequest):
     current_owner()
-    settings = current_app.extensions["dlkit"].settings
+    res = current_app.extensions["dlkit"]
+    settings = res.settings
+    redis = res.redis  # thread-safe: the work thread below counts with it after the request is over
     delay_s = files.draw_delay_s(settings)
     started = time.monotonic()
-    done = threading.Event()
+    # One decision under one lock: either the work finished in time (the client gets 200/404), or
+    # the handler gave up first (the client gets 504 and the work is wasted). Without the lock, work
+    # ending just as the timeout fires could be neither, or both.
+    lock = threading.Lock()
+    outcome: dict[str, bool] = {"finished": False, "gave_up": False}
+    finished = threading.Event()
 
     def work() -> None:
         # The simulated fetch: it runs to the end whether or not anyone is still waiting.
         time.sleep(delay_s)
         if files.is_available(body.file_id):
             files.file_bytes(body.file_id)
-        done.set()
+        with lock:
+            outcome["finished"] = True
+            wasted = outcome["gave_up"]
+        finished.set()
+        accounting.sync_finished(redis, delay_s, client_got_error=wasted)
 
+    accounting.sync_started(redis)
     threading.Thread(target=work, name=f"start-{body.file_id}", daemon=True).start()
-    if not done.wait(timeout=settings.request_timeout_s):
+    finished.wait(timeout=settings.request_timeout_s)
+    with lock:
+        outcome["gave_up"] = not outcome["finished"]
+    if outcome["gave_up"]:
         raise Problem(504, "Gateway Timeout",
                       f"The download did not finish within REQUEST_TIMEOUT_MS ({settings.REQUEST_TIMEOUT_MS} ms,"
                       f" scaled x{settings.TIME_SCALE}); use POST /v1/download/initiate for long downloads.",

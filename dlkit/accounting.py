@@ -1,0 +1,134 @@
+"""Backend accounting: work the server started, finished, and finished for nobody.
+
+The counters live in Redis under `dlkit:accounting:`, so every gunicorn worker, every RQ work
+horse and the demo (which reads them directly) see the same figures, and they survive any one
+process. INCR / INCRBYFLOAT are atomic, so concurrent writers never lose a count.
+
+Synchronous `start` (app/routes/legacy.py):
+- started / finished: handlers whose simulated work began / ran to its end;
+- wasted: work that finished after the app had already answered its client with an error (its
+  own 504 past REQUEST_TIMEOUT_MS). The work goes on, as in the original service, for nobody.
+  A proxy or a client that gives up *before* the app does is invisible from inside the app; the
+  load tests report those cuts from the client side, by layer.
+
+Jobs (app/metrics.py counts on the API side, worker/metrics.py in the work horse):
+- created: jobs the API accepted (an Idempotency-Key replay creates nothing);
+- completed (+ their simulated seconds), downloaded (the API handed out the artifact's URL:
+  the first 302 per job; S3 fetches themselves are not visible to the API);
+- cancelled_running (+ the seconds the job had run): a job cancelled while queued cost nothing.
+Wasted job seconds = seconds of jobs cancelled mid-way + seconds of completed jobs never
+downloaded. Read them once clients are done: a job completed a moment ago is not downloaded *yet*.
+Failed jobs are not counted as waste: their client is told (status `failed`), as it asked.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "dlkit:accounting:"
+
+SYNC_STARTED = PREFIX + "sync:started"
+SYNC_FINISHED = PREFIX + "sync:finished"
+SYNC_SECONDS = PREFIX + "sync:seconds"  # simulated work seconds of every finished handler
+SYNC_WASTED = PREFIX + "sync:wasted"
+SYNC_WASTED_SECONDS = PREFIX + "sync:wasted_seconds"
+
+JOBS_CREATED = PREFIX + "jobs:created"
+JOBS_COMPLETED = PREFIX + "jobs:completed"
+JOBS_COMPLETED_SECONDS = PREFIX + "jobs:completed_seconds"
+JOBS_DOWNLOADED = PREFIX + "jobs:downloaded"
+JOBS_DOWNLOADED_SECONDS = PREFIX + "jobs:downloaded_seconds"
+JOBS_DOWNLOADED_IDS = PREFIX + "jobs:downloaded_ids"  # a set: only the first 302 of a job counts
+JOBS_CANCELLED_RUNNING = PREFIX + "jobs:cancelled_running"
+JOBS_CANCELLED_SECONDS = PREFIX + "jobs:cancelled_seconds"
+
+KEYS = (SYNC_STARTED, SYNC_FINISHED, SYNC_SECONDS, SYNC_WASTED, SYNC_WASTED_SECONDS, JOBS_CREATED, JOBS_COMPLETED,
+        JOBS_COMPLETED_SECONDS, JOBS_DOWNLOADED, JOBS_DOWNLOADED_SECONDS, JOBS_DOWNLOADED_IDS,
+        JOBS_CANCELLED_RUNNING, JOBS_CANCELLED_SECONDS)  # fmt: skip
+
+# The downloaded-ids set must not grow forever on a long-lived deployment.
+IDS_TTL_S = 86_400
+
+
+def _count(redis: Redis, key: str, seconds_key: str | None = None, seconds: float = 0.0) -> None:
+    """One event (+ its seconds). Accounting never breaks a request: Redis errors are logged."""
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            if seconds_key is not None:
+                pipe.incrbyfloat(seconds_key, seconds)
+            pipe.execute()
+    except RedisError as error:
+        log.warning("accounting: could not count %s: %s", key, error)
+
+
+def sync_started(redis: Redis) -> None:
+    _count(redis, SYNC_STARTED)
+
+
+def sync_finished(redis: Redis, seconds: float, client_got_error: bool) -> None:
+    _count(redis, SYNC_FINISHED, SYNC_SECONDS, seconds)
+    if client_got_error:
+        _count(redis, SYNC_WASTED, SYNC_WASTED_SECONDS, seconds)
+
+
+def job_created(redis: Redis) -> None:
+    _count(redis, JOBS_CREATED)
+
+
+def job_completed(redis: Redis, seconds: float) -> None:
+    _count(redis, JOBS_COMPLETED, JOBS_COMPLETED_SECONDS, seconds)
+
+
+def job_cancelled_running(redis: Redis, seconds: float) -> None:
+    _count(redis, JOBS_CANCELLED_RUNNING, JOBS_CANCELLED_SECONDS, seconds)
+
+
+def job_downloaded(redis: Redis, job_id: str, seconds: float) -> None:
+    """The artifact's URL was handed out; counted once per job, however often it is asked for."""
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(JOBS_DOWNLOADED_IDS, job_id)
+            pipe.expire(JOBS_DOWNLOADED_IDS, IDS_TTL_S)
+            first, _ = pipe.execute()
+    except RedisError as error:
+        log.warning("accounting: could not record the download of %s: %s", job_id, error)
+        return
+    if first:
+        _count(redis, JOBS_DOWNLOADED, JOBS_DOWNLOADED_SECONDS, seconds)
+
+
+def read(redis: Redis) -> dict:
+    """Every figure, as numbers: {"sync": {...}, "jobs": {...}}."""
+    keys = [key for key in KEYS if key != JOBS_DOWNLOADED_IDS]
+    values = dict(zip(keys, (float(v) if v is not None else 0.0 for v in redis.mget(keys))))
+    jobs_wasted = (values[JOBS_CANCELLED_SECONDS] + values[JOBS_COMPLETED_SECONDS]
+                   - values[JOBS_DOWNLOADED_SECONDS])  # fmt: skip
+    return {
+        "sync": {
+            "started": int(values[SYNC_STARTED]),
+            "finished": int(values[SYNC_FINISHED]),
+            "wasted": int(values[SYNC_WASTED]),
+            "seconds": round(values[SYNC_SECONDS], 3),
+            "wasted_seconds": round(values[SYNC_WASTED_SECONDS], 3),
+        },
+        "jobs": {
+            "created": int(values[JOBS_CREATED]),
+            "completed": int(values[JOBS_COMPLETED]),
+            "downloaded": int(values[JOBS_DOWNLOADED]),
+            "cancelled_running": int(values[JOBS_CANCELLED_RUNNING]),
+            "seconds": round(values[JOBS_COMPLETED_SECONDS] + values[JOBS_CANCELLED_SECONDS], 3),
+            # Float sums of the same values in another order can differ in the last bits.
+            "wasted_seconds": round(max(0.0, jobs_wasted), 3),
+        },
+    }
+
+
+def reset(redis: Redis) -> None:
+    """Zero every figure (the demo does so between scenarios, while no work is in flight)."""
+    redis.delete(*KEYS)

@@ -1,0 +1,107 @@
+"""What the dlkit locustfiles share: options, auth, client timeouts, and who cut a request.
+
+Every locustfile here runs on its own with plain Locust, against any base URL:
+
+    locust -f loadtests/sync.py --host http://127.0.0.1:18080 --headless -u 20 -r 10 -t 30s
+
+Options (command line, or the environment variable named in brackets):
+    --time-scale X    [TIME_SCALE]      the stack's clock scale: client timeouts and think times follow it
+    --api-key KEY     [DLKIT_API_KEY]   sent as `Authorization: Bearer KEY` when the stack has API_KEYS
+
+The stack's per-client rate limit (RATE_LIMIT_MAX_REQUESTS per RATE_LIMIT_WINDOW_MS, 600 a minute
+by default) counts every Locust user as one client (one address, or one API key): start the stack
+you load with a high limit, e.g. `RATE_LIMIT_MAX_REQUESTS=1000000 dlkit up`, or you measure 429s.
+"""
+
+from __future__ import annotations
+
+import random
+
+import requests
+from locust import events
+
+from dlkit.chain import layer_of
+from dlkit.files import is_available
+
+# Real (unscaled) seconds; every duration below is multiplied by --time-scale.
+# The longest simulated download is 120 s: anything that waits for one must allow more.
+LONGEST_DOWNLOAD_S = 120
+# Calls that do no work (initiate, status, the download redirect) answer in milliseconds at any
+# scale; their timeout must not shrink with the clock, or a busy CI machine would time them out.
+API_CALL_TIMEOUT_S = 10
+FILE_ID_MIN, FILE_ID_MAX = 10_000, 100_000_000
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    parser.add_argument("--time-scale", type=float, env_var="TIME_SCALE", default=1.0,
+                        help="the stack's TIME_SCALE: client timeouts and think times follow it (default 1.0)")
+    parser.add_argument("--api-key", env_var="DLKIT_API_KEY", default="",
+                        help="API key sent as a Bearer token, when the stack runs with API_KEYS")
+
+
+def time_scale(environment) -> float:
+    # run_single_user and library use may have no parsed options: then real speed.
+    options = environment.parsed_options
+    return float(getattr(options, "time_scale", 1.0) or 1.0)
+
+
+def auth_headers(environment) -> dict[str, str]:
+    key = getattr(environment.parsed_options, "api_key", "") or ""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def scaled(environment, seconds: float) -> float:
+    return seconds * time_scale(environment)
+
+
+def available_file_id() -> int:
+    """A random file id the service has (file_id % 7 == 0)."""
+    return random.randrange(FILE_ID_MIN + (-FILE_ID_MIN) % 7, FILE_ID_MAX + 1, 7)
+
+
+def unavailable_file_id() -> int:
+    while True:
+        file_id = random.randint(FILE_ID_MIN, FILE_ID_MAX)
+        if not is_available(file_id):
+            return file_id
+
+
+def classify(response) -> str:
+    """Outcome label of one response: "200", "504 app", "524 edge", "client timeout", ...
+
+    Proxies mark the errors they make themselves with X-Dlkit-Layer (dlkit.chain.layer_of); a
+    5xx without it came from the app. A request that never got a response (Locust's status 0)
+    is a client timeout or a connection error.
+    """
+    status = response.status_code
+    if not status:
+        if isinstance(getattr(response, "error", None), requests.exceptions.Timeout):
+            return "client timeout"
+        return "connection error"
+    layer = layer_of(status, response.headers)
+    return str(status) if layer in ("ok", "client-error") else f"{status} {layer}"
+
+
+# What each outcome means, for Locust's failure table.
+_CUT_BY = {
+    "app": "the app's own REQUEST_TIMEOUT_MS",
+    "nginx": "nginx (proxy_read_timeout, or gunicorn gone)",
+    "lb": "the load balancer (idle timeout)",
+    "edge": "the edge (Cloudflare-like read timeout)",
+}
+
+
+def explain(outcome: str) -> str:
+    """ "504 app" -> "504: cut by the app's own REQUEST_TIMEOUT_MS", for failure reports."""
+    status, _, layer = outcome.partition(" ")
+    if status.isdigit() and layer in _CUT_BY:
+        return f"{status}: cut by {_CUT_BY[layer]}"
+    if outcome == "client timeout":
+        return "no answer within this client's own timeout"
+    return outcome
+
+
+def is_server_error(outcome: str) -> bool:
+    """What makes a naive client retry: any 5xx, or no answer at all."""
+    return outcome[0] == "5" or outcome in ("client timeout", "connection error")
