@@ -282,7 +282,11 @@ def _human(seconds: float) -> str:
 
 def _secs(value: float | None, scale: float) -> str:
     """A measured duration, and what it stands for at real speed."""
-    return "-" if value is None else f"{value:.3g} s (≈ {_human(value / scale)} real)"
+    if value is None:
+        return "-"
+    # Three significant digits, but never in scientific notation (2650 s, not 2.65e+03 s).
+    shown = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    return f"{shown} s (≈ {_human(value / scale)} real)"
 
 
 def print_table(summary: dict[str, Any], console: Console) -> None:
@@ -397,6 +401,7 @@ def write_charts(summary: dict[str, Any], runs: dict[str, Run], report: Path) ->
             ax.axvline(value, color="black", linestyle=style, linewidth=1, label=f"{q} {value:g} s")
     ax.set_xlabel(f"seconds at TIME_SCALE {scale:g} (x{1 / scale:g} for real speed)")
     ax.set_ylabel("downloads")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # whole downloads
     ax.set_title("Time to file with the async API: long downloads arrive too")
     ax.legend(fontsize=8)
     fig.tight_layout()
