@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
-import hcl2
 import pytest
 
 from dlkit.cli import main
@@ -277,23 +275,3 @@ def test_deployments_are_optional(root, capsys):
     code, report = run_audit(root, capsys)
 
     assert code == 0 and [f["check"] for f in report["findings"]] == ["legacy-route"]
-
-
-def _terraform_files() -> list[Path]:
-    return sorted(p for p in (ROOT / "proxy").rglob("*.tf") if ".terraform" not in p.parts)
-
-
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
-def test_terraform_is_formatted():
-    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", "proxy/"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 0, f"not formatted: {result.stdout}"
-
-
-@pytest.mark.parametrize("path", _terraform_files(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_terraform_parses_and_every_variable_is_typed_and_described(path):
-    document = hcl2.loads(path.read_text())
-    for block in document.get("variable", []):
-        for name, body in block.items():
-            assert "type" in body, f"{path}: variable {name} has no type"
-            assert body.get("description", '""').strip('"'), f"{path}: variable {name} has no description"

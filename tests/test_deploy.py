@@ -181,13 +181,18 @@ def test_the_build_context_holds_only_what_the_image_needs():
 # infra/terraform --------------------------------------------------------------------------------
 
 
+# The staging environment and the reusable proxy modules it composes (proxy/alb, proxy/cloudflare).
+TERRAFORM_TREES = [TERRAFORM, ROOT / "proxy"]
+
+
 def _tf_files() -> list[Path]:
-    return sorted(p for p in TERRAFORM.rglob("*.tf") if ".terraform" not in p.parts)
+    return sorted(p for tree in TERRAFORM_TREES for p in tree.rglob("*.tf") if ".terraform" not in p.parts)
 
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
-def test_terraform_is_formatted():
-    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", str(TERRAFORM.relative_to(ROOT))],
+@pytest.mark.parametrize("tree", TERRAFORM_TREES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_terraform_is_formatted(tree):
+    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", str(tree.relative_to(ROOT))],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, f"not formatted: {result.stdout}"
 
@@ -203,7 +208,7 @@ def test_terraform_parses_and_every_variable_is_typed_and_described(path):
 
 def test_staging_uses_the_kits_proxy_modules_and_pins_providers():
     modules = {}
-    for path in _tf_files():
+    for path in TERRAFORM.glob("*.tf"):
         for block in hcl2.loads(path.read_text()).get("module", []):
             modules.update({name.strip('"'): body for name, body in block.items()})
     assert modules["alb"]["source"].strip('"') == "../../proxy/alb"
