@@ -33,7 +33,7 @@ from rq import Queue, Worker
 from rq.registry import StartedJobRegistry
 
 from dlkit import accounting
-from dlkit.jobs import ACTIVE, JobStatus, JobStore, Transition, job_key
+from dlkit.jobs import ACTIVE, Job, JobStatus, JobStore, Transition, job_key
 
 # The legacy synchronous call holds its request for up to 120 s (more behind a slow proxy), so
 # the buckets go past prometheus-client's default 10 s.
@@ -181,11 +181,8 @@ def _route() -> str:
     return rule.rule if rule is not None else UNMATCHED
 
 
-def _count_download(job_id: str) -> None:
-    res = current_app.extensions["dlkit"]
-    job = res.store.get(job_id)
-    if job is not None:
-        accounting.job_downloaded(res.redis, job.id, job.delay_s)
+def _count_download(job: Job) -> None:
+    accounting.job_downloaded(current_app.extensions["dlkit"].redis, job.id, job.delay_s)
 
 
 def metrics_view() -> Response:
@@ -223,7 +220,7 @@ def install(app: Flask) -> None:
         if started is not None:
             HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
         if route == DOWNLOAD_ROUTE and response.status_code == 302:
-            _count_download(request.view_args["job_id"])
+            _count_download(g.job)  # the job the route answered for (app/routes/jobs.py)
         return response
 
     app.add_url_rule(METRICS_PATH, "metrics", metrics_view, methods=["GET"])

@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-NGINX_TEMPLATE = Path("proxy/nginx/dlkit.conf.template")
+from .timeouts import NGINX_CONF, ROOT, read_chain
+
+# The production server block is the file the audit reads (dlkit/timeouts.py).
+NGINX_TEMPLATE = NGINX_CONF
 LOCAL_WRAPPER = Path("proxy/nginx/local.conf.template")
 EDGE_TEMPLATE = Path("proxy/emulation/edge.conf.template")
 LB_TEMPLATE = Path("proxy/emulation/lb.conf.template")
@@ -78,8 +80,6 @@ def render_layer(template: Path, root: Path, values: dict[str, Any]) -> str:
 
 def layer_timeouts(root: Path, scale: float) -> dict[str, str]:
     """The edge read timeout and the LB idle timeout from the production Terraform, scaled."""
-    from .timeouts import read_chain
-
     chain = read_chain(root)
     return {
         "EDGE_READ_TIMEOUT": ms(chain.edge_read_timeout.seconds * scale, FLOOR_S),

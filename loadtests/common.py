@@ -16,6 +16,7 @@ you load with a high limit, e.g. `RATE_LIMIT_MAX_REQUESTS=1000000 dlkit up`, or 
 from __future__ import annotations
 
 import random
+import time
 
 import requests
 from locust import events
@@ -38,6 +39,14 @@ def _options(parser) -> None:
                         help="the stack's TIME_SCALE: client timeouts and think times follow it (default 1.0)")
     parser.add_argument("--api-key", env_var="DLKIT_API_KEY", default="",
                         help="API key sent as a Bearer token, when the stack runs with API_KEYS")
+
+
+def report(user, request_type: str, name: str, started: float, length: int = 0, error: str | None = None) -> None:
+    """A custom Locust request (a whole download, or a download a user wanted) timed from `started`."""
+    user.environment.events.request.fire(
+        request_type=request_type, name=name, response_time=(time.monotonic() - started) * 1000,
+        response_length=length, exception=RuntimeError(error) if error else None, context={},
+    )
 
 
 def time_scale(environment) -> float:

@@ -21,7 +21,7 @@ import random
 import time
 import zipfile
 
-from common import (API_CALL_TIMEOUT_S, LONGEST_DOWNLOAD_S, auth_headers, available_file_id, scaled,
+from common import (API_CALL_TIMEOUT_S, report, LONGEST_DOWNLOAD_S, auth_headers, available_file_id, scaled,
                     time_scale, unavailable_file_id)  # fmt: skip
 from locust import HttpUser, task
 
@@ -68,10 +68,7 @@ def verify(content: bytes, file_ids: list[int]) -> str | None:
 
 def report_job(user: HttpUser, name: str, started: float, length: int = 0, error: str | None = None) -> str | None:
     """A custom Locust request whose response time is the download's whole duration; returns `error`."""
-    user.environment.events.request.fire(
-        request_type="JOB", name=name, response_time=(time.monotonic() - started) * 1000,
-        response_length=length, exception=RuntimeError(error) if error else None, context={},
-    )
+    report(user, "JOB", name, started, length, error)
     return error
 
 

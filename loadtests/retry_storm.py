@@ -22,7 +22,7 @@ import random
 import time
 import uuid
 
-from common import auth_headers, is_server_error, time_scale
+from common import auth_headers, is_server_error, report, time_scale
 from locust import HttpUser, task
 from polling import THINK_S, initiate, poll_and_fetch, wanted_files
 from sync import start
@@ -33,10 +33,7 @@ LOST_RESPONSE_SHARE = 0.5
 
 
 def report_want(user: HttpUser, name: str, started: float, error: str | None) -> None:
-    user.environment.events.request.fire(
-        request_type="WANT", name=name, response_time=(time.monotonic() - started) * 1000, response_length=0,
-        exception=RuntimeError(error) if error else None, context={},
-    )
+    report(user, "WANT", name, started, error=error)
 
 
 class SyncRetryUser(HttpUser):

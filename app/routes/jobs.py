@@ -11,7 +11,7 @@ import json
 import math
 import time
 
-from flask import Response, current_app, stream_with_context
+from flask import Response, current_app, g, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
 
@@ -49,7 +49,8 @@ def _owned_job(job_id) -> Job:
     job = res.store.get(str(job_id))
     if job is None or job.owner != current_owner():
         raise Problem(404, "Job not found", f"No job {job_id} (unknown, expired, or not yours).", slug="job-not-found")
-    return res.store.fail_if_stale(job, res.settings.stale_after_s)
+    g.job = res.store.fail_if_stale(job, res.settings.stale_after_s)  # after_request hooks read it too
+    return g.job
 
 
 def _document(job: Job) -> dict:
