@@ -28,8 +28,9 @@ prometheus:
 	       "the stack runs without it and the Prometheus tests are skipped"; \
 	fi
 
+# `make demo QUICK=1`: the same story at time scale 0.02, in under 4 minutes.
 demo: $(BIN)/.installed prometheus
-	$(BIN)/dlkit demo
+	$(BIN)/dlkit demo $(if $(QUICK),--quick)
 
 test: $(BIN)/.installed prometheus
 	$(BIN)/pytest

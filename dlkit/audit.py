@@ -29,9 +29,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dlkit.timeouts import (ALB_MODULE_SOURCE, COMPOSE, NGINX_CONF, NGINX_TEMPLATES_DIR, STAGING, Chain, ConfigError,
-                            Deployment, Location, Setting, cut_share, read_chain, read_deployment)  # fmt: skip
+                            Deployment, LEGACY_ROUTE, Location, Setting, cut_share, is_sync_worker, legacy_route_cuts, read_chain,
+                            read_deployment)  # fmt: skip
 
-LEGACY = "= /v1/download/start"
+LEGACY = LEGACY_ROUTE
 STATUS = "/v1/download/status/"
 EVENTS = "/v1/download/events/"
 
@@ -80,34 +81,19 @@ def _location(chain: Chain, match: str, check: str) -> Location | Finding:
         return Finding(check, Severity.ERROR, f"nginx has no `location {match}`", (str(NGINX_CONF),))
 
 
-def _is_sync(worker_class: str) -> bool:
-    return worker_class in ("sync", "gunicorn.workers.sync.SyncWorker")
-
-
 def _legacy_route(chain: Chain) -> list[Finding]:
     location = _location(chain, LEGACY, "legacy-route")
     if isinstance(location, Finding):
         return [location]
     app = chain.app
     low, high = app.DOWNLOAD_DELAY_MIN_MS.seconds, app.DOWNLOAD_DELAY_MAX_MS.seconds
-    # The route sends nothing until its work is done, so every idle or read timeout on the way is a
-    # total one. Inner layers first: on a tie the innermost fires first and the others relay it.
-    layers = [("app REQUEST_TIMEOUT_MS", app.REQUEST_TIMEOUT_MS, None)]
-    if _is_sync(chain.gunicorn.worker_class):
-        layers.append(("gunicorn sync timeout", chain.gunicorn.timeout, None))
-    layers += [
-        ("nginx proxy_read_timeout", location.proxy_read_timeout, location),
-        ("ALB idle_timeout", chain.lb_idle_timeout, None),
-        ("Cloudflare proxy_read_timeout", chain.edge_read_timeout, None),
-    ]
-    first = min(layers, key=lambda layer: layer[1].seconds)  # min keeps the first of equals
-    ordered = [first] + [layer for layer in layers if layer is not first]
-    others = ", ".join(f"{name} {s.seconds:g} s: {cut_share(s.seconds, low, high):.1%}" for name, s, _ in ordered[1:])
-    name, setting, _ = first
-    message = (f"POST /v1/download/start: {name} cuts first at {setting.seconds:g} s, "
-               f"{cut_share(setting.seconds, low, high):.1%} of {low:g}-{high:g} s downloads ({others}). "
+    first, *others = legacy_route_cuts(chain)
+    rest = ", ".join(f"{cut.label} {cut.setting.seconds:g} s: {cut_share(cut.setting.seconds, low, high):.1%}"
+                     for cut in others)  # fmt: skip
+    message = (f"POST /v1/download/start: {first.label} cuts first at {first.setting.seconds:g} s, "
+               f"{cut_share(first.setting.seconds, low, high):.1%} of {low:g}-{high:g} s downloads ({rest}). "
                "Kept broken on purpose to reproduce the problem: use initiate + status")  # fmt: skip
-    where = [_where(s, loc) for _, s, loc in ordered]
+    where = [_where(cut.setting, cut.location) for cut in (first, *others)]
     return [Finding("legacy-route", Severity.EXPECTED, message,
                     (*where, app.DOWNLOAD_DELAY_MIN_MS.where, app.DOWNLOAD_DELAY_MAX_MS.where))]
 
@@ -123,7 +109,7 @@ def _keepalive_races(chain: Chain) -> list[Finding]:
     # A sync worker closes the connection after every response (it ignores keepalive), so nginx never
     # reuses one and there is nothing to race.
     upstream, gunicorn = chain.nginx.upstream_keepalive_timeout, chain.gunicorn.keepalive
-    if not _is_sync(chain.gunicorn.worker_class) and upstream.seconds >= gunicorn.seconds:
+    if not is_sync_worker(chain.gunicorn.worker_class) and upstream.seconds >= gunicorn.seconds:
         findings.append(Finding("keepalive-upstream", Severity.ERROR,
             f"nginx upstream keepalive_timeout {upstream.seconds:g} s >= gunicorn keepalive {gunicorn.seconds:g} s: "
             "gunicorn closes idle connections nginx still reuses, and nginx answers 502; keep gunicorn's longer",
@@ -173,7 +159,7 @@ def _gunicorn_timeout(chain: Chain) -> list[Finding]:
     # Only sync workers: gthread workers heartbeat from their main loop, not from the request thread,
     # so `timeout` never cuts a long request there. Reporting it for gthread would be false.
     gunicorn, longest = chain.gunicorn, chain.app.DOWNLOAD_DELAY_MAX_MS
-    if not _is_sync(gunicorn.worker_class) or gunicorn.timeout.seconds >= longest.seconds:
+    if not is_sync_worker(gunicorn.worker_class) or gunicorn.timeout.seconds >= longest.seconds:
         return []
     where = [gunicorn.timeout.where, longest.where]
     if gunicorn.worker_class_line:

@@ -11,10 +11,11 @@ by TIME_SCALE, so at 0.02 the whole chain keeps its proportions and runs in seco
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
-from .timeouts import NGINX_CONF, ROOT, read_chain
+from .timeouts import ALB_VARIABLES, CLOUDFLARE_VARIABLES, FILES, LEGACY_ROUTE, NGINX_CONF, ROOT, nginx_seconds, read_chain
 
 # The production server block is the file the audit reads (dlkit/timeouts.py).
 NGINX_TEMPLATE = NGINX_CONF
@@ -40,8 +41,7 @@ DURATIONS = (
 FLOOR_S = 1.0
 CONNECT_TIMEOUT_S = 5
 
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "": 1}
-_DURATION = re.compile(r"^(?P<indent>\s*)(?P<name>%s)\s+(?P<value>\d+)(?P<unit>ms|s|m|h)?\s*;" % "|".join(DURATIONS),
+_DURATION = re.compile(r"^(?P<indent>\s*)(?P<name>%s)\s+(?P<value>[0-9a-zA-Z]+(?:\s+[0-9a-zA-Z]+)*)\s*;" % "|".join(DURATIONS),
                        re.MULTILINE)
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
@@ -63,8 +63,12 @@ def scale_durations(conf: str, scale: float) -> str:
     """Multiply the value of every duration directive by `scale` (written in ms)."""
 
     def scaled(match: re.Match) -> str:
-        seconds = int(match["value"]) * _UNITS[match["unit"] or ""] * scale
-        return f"{match['indent']}{match['name']} {ms(seconds, FLOOR_S)};"
+        # The audit's own parser (dlkit/timeouts.py): compound values like 1m30s included, and each
+        # of keepalive_timeout's two values (idle timeout, Keep-Alive header).
+        # The second is read in whole seconds by nginx (no "ms").
+        first, *header = (nginx_seconds(value) * scale for value in match["value"].split())
+        values = [ms(first, FLOOR_S), *(f"{max(1, round(seconds))}s" for seconds in header)]
+        return f"{match['indent']}{match['name']} {' '.join(values)};"
 
     return _DURATION.sub(scaled, conf)
 
@@ -88,12 +92,29 @@ def layer_timeouts(root: Path, scale: float) -> dict[str, str]:
     }
 
 
-def layer_of(status: int, headers) -> str:
-    """Which hop answered: "ok", or the layer that cut the request ("app", "nginx", "lb", "edge").
+def config_with_timeouts(dest: Path, timeouts: dict[str, float], root: Path = ROOT) -> Path:
+    """A copy of the chain's files under `dest` with the legacy route's timeout of some proxy layers
+    changed: `timeouts` maps "nginx", "lb" or "edge" to real seconds. Returns `dest`.
 
-    Proxies mark the errors they make themselves with `X-Dlkit-Layer`; a 5xx without it came from
-    the app (past its own REQUEST_TIMEOUT_MS it answers 504 with the `request-timeout` problem type).
+    Stack(config_root=dest) renders the local chain from it and read_chain(dest) reads it, so what
+    the chain runs and what the audit or the demo expect come from the same files. The demo and the
+    tests use it to make one layer the tightest; the production files are never touched.
     """
-    if status < 500:
-        return "ok" if status < 400 else "client-error"
-    return headers.get("X-Dlkit-Layer") or "app"
+    shutil.copytree(root / "proxy", dest / "proxy", dirs_exist_ok=True)
+    for relative in FILES:
+        (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / relative, dest / relative)
+    places = {
+        "edge": (CLOUDFLARE_VARIABLES, r'(variable "proxy_read_timeout"\s*\{[^}]*?default\s*=\s*)\d+', ""),
+        "lb": (ALB_VARIABLES, r'(variable "idle_timeout"\s*\{[^}]*?default\s*=\s*)\d+', ""),
+        "nginx": (NGINX_CONF, r"(location %s \{[^}]*?proxy_read_timeout )[0-9a-zA-Z]+(?=;)" % re.escape(LEGACY_ROUTE), "s"),
+    }
+    for layer, seconds in timeouts.items():
+        relative, pattern, unit = places[layer]
+        path = dest / relative
+        value = f"{round(seconds)}{unit}"
+        text, count = re.subn(pattern, lambda match: match[1] + value, path.read_text(), flags=re.DOTALL)
+        if count != 1:
+            raise ValueError(f"{relative}: cannot find the {layer} timeout of the legacy route")
+        path.write_text(text)
+    return dest

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 from rich.console import Console
 from rich.table import Table
@@ -33,6 +34,7 @@ from dlkit.timeouts import ROOT
 
 UP_TIMEOUT_S = 180
 DOWN_TIMEOUT_S = 30
+EXIT_USAGE = 2  # bad input: an unreachable entry, an unwritable report folder
 EXIT_NOT_RUNNING = 3
 
 console = Console()
@@ -220,10 +222,56 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_folder(path: Path) -> str | None:
+    """None when `path` is (or can be made) a folder this process can write; else why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".dlkit-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
+def _dlkit_at(entry: str) -> str | None:
+    """None when `entry` answers GET / as a dlkit API does; else what is wrong, in one line."""
+    try:
+        with httpx.Client(timeout=10) as client:
+            response = client.get(entry.rstrip("/") + "/")
+    except httpx.HTTPError as error:
+        return f"{entry} is not reachable ({type(error).__name__}: {error})"
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if response.status_code != 200 or not isinstance(document, dict) or "dlkit" not in str(document.get("service")):
+        return f"{entry} does not answer GET / like a dlkit API (status {response.status_code})"
+    return None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the stack if needed, run the Locust scenarios through the chain, print and write the report."""
     from dlkit.demo import DEMO_RATE_LIMIT, run_demo
     from dlkit.settings import Settings
+
+    if args.entry and (problem := _dlkit_at(args.entry)) is not None:
+        console.print(f"[red]demo:[/] {problem}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    # Resolved here, once: Locust runs in other working directories, and the user's is the one meant.
+    report = (args.report or Path("reports") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    if args.json:
+        args.json = args.json.resolve()
+    # Checked before any load is sent: a run of minutes must not end on an unwritable folder.
+    for folder in (report, *([args.json.parent] if args.json else [])):
+        problem = _writable_folder(folder)
+        if problem is not None:
+            console.print(f"[red]demo:[/] cannot write to {folder}: {problem}", highlight=False, soft_wrap=True)
+            return EXIT_USAGE
+    keys = Settings.from_env().api_keys  # the same API_KEYS the stack was given, if any
+    api_key = args.api_key or os.environ.get("DLKIT_API_KEY") or next(iter(keys), None)
+    if args.entry:
+        return _demo_against(args, report, api_key)
 
     scale = args.time_scale if args.time_scale is not None else float(
         os.environ.get("TIME_SCALE", 0.02 if args.quick else 0.1))
@@ -246,21 +294,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       "its rate limit must be high (RATE_LIMIT_MAX_REQUESTS), or the report shows 429s")
     scale = state["time_scale"]
     workers = sum(name.startswith("worker-") for name in state["components"])
-    keys = Settings.from_env().api_keys  # the same API_KEYS the stack was given, if any
-    report = args.report or Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     try:
         summary = run_demo(state["entry"], state["redis_url"], scale, workers, quick=args.quick, users=args.users,
-                           report=report, api_key=next(iter(keys), None), console=console, run_s=args.run_time)
+                           report=report, api_key=api_key, console=console, run_s=args.run_time,
+                           layers=not args.no_layers)  # fmt: skip
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2))
         console.print(f"demo done in {time.monotonic() - began:.0f} s")
         return 0
     except Exception as error:  # a demo reports what broke instead of a traceback
-        console.print(f"[red]demo failed:[/] {error}", highlight=False)
+        console.print(f"[red]demo failed:[/] {error}", highlight=False, soft_wrap=True)
         return 1
     finally:
         if started_here and not args.keep:
             cmd_down(args)
+
+
+def _demo_against(args: argparse.Namespace, report: Path, api_key: str | None) -> int:
+    """`dlkit demo --entry URL`: the same scenarios against a deployment that is already running."""
+    from dlkit.demo import run_demo
+
+    # The deployment's clock decides; it cannot be read from outside, so it is given.
+    scale = args.time_scale if args.time_scale is not None else float(os.environ.get("TIME_SCALE", 1.0))
+    began = time.monotonic()
+    console.print(f"demo against {args.entry} at time scale {scale:g} (the deployment's TIME_SCALE); "
+                  "its RATE_LIMIT_MAX_REQUESTS must be high, or the report shows 429s")  # fmt: skip
+    try:
+        summary = run_demo(args.entry, args.redis_url or os.environ.get("REDIS_URL"), scale, args.workers,
+                           quick=args.quick, users=args.users, report=report, api_key=api_key, console=console,
+                           run_s=args.run_time, layers=False, embedded=False)  # fmt: skip
+    except Exception as error:
+        console.print(f"[red]demo failed:[/] {error}", highlight=False, soft_wrap=True)
+        return 1
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    console.print(f"demo done in {time.monotonic() - began:.0f} s")
+    return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -300,21 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
     down = commands.add_parser("down", help="stop what `dlkit up` started")
     down.set_defaults(func=cmd_down)
 
-    demo = commands.add_parser("demo", help="start the stack if needed, reproduce the 504s with Locust and prove the fix")
+    demo = commands.add_parser("demo", help="start the stack if needed, reproduce the 504s with Locust and prove the fix; "
+                               "exit 0 done, 1 failed, 2 bad input")  # fmt: skip
     demo.add_argument("--time-scale", type=float, default=None,
                       help="clock scale if the stack must be started (default: TIME_SCALE, else 0.02 with --quick, "
-                           "0.1 without: a real minute takes 6 s)")
-    demo.add_argument("--quick", action="store_true", help="short runs at time scale 0.02: under 2 minutes in all")
+                           "0.1 without: a real minute takes 6 s); with --entry, the deployment's (default 1.0)")
+    demo.add_argument("--quick", action="store_true", help="short runs at time scale 0.02: under 4 minutes in all")
     demo.add_argument("--users", type=int, default=20,
                       help="Locust users of the sync and retry-storm scenarios (default 20; polling: 2 per worker)")
     demo.add_argument("--run-time", type=float, default=None, help="seconds per scenario (default: 20 with --quick, "
                       "else 600 x time scale, at least 60)")
     demo.add_argument("--json", type=Path, help="also write the summary (summary.json) to this path")
-    demo.add_argument("--report", type=Path, help="report folder (default: reports/<timestamp>/)")
+    demo.add_argument("--report", type=Path, help="report folder (default: reports/<timestamp>/ under the current folder)")
+    demo.add_argument("--entry", help="run against this running deployment (compose, staging) instead of starting "
+                      "a stack; the layers scenario is left out")
+    demo.add_argument("--redis-url", help="with --entry: the deployment's Redis, for the server-side accounting "
+                      "(default: REDIS_URL); without it the report says what it lacks")
+    demo.add_argument("--api-key", help="API key for a deployment with API_KEYS (default: DLKIT_API_KEY, "
+                      "else the first of API_KEYS)")
+    demo.add_argument("--no-layers", action="store_true", help="leave out the layers scenario")
     demo.add_argument("--workers", type=int, default=4, help=argparse.SUPPRESS)
     demo.add_argument("--base-port", type=int, default=int(os.environ.get("DLKIT_BASE_PORT", DEFAULT_BASE_PORT)),
                       help=argparse.SUPPRESS)
-    demo.add_argument("--redis-url", help=argparse.SUPPRESS)
     demo.add_argument("--no-chain", action="store_true", help=argparse.SUPPRESS)
     demo.add_argument("--keep", action="store_true", help="leave a stack this command started running")
     demo.set_defaults(func=cmd_demo)

@@ -5,6 +5,9 @@ Runs the Locust scenarios of loadtests/ headless through the emulated chain, one
     sync         naive clients on the legacy `start`: which layer cuts what share (vs (120 - T) / 110)
     polling      initiate + status (Retry-After) + redirect to S3 + byte check: time-to-file
     retry_storm  clients retrying on errors, on both APIs: backend work started per download wanted
+    layers       each layer of the chain (app, nginx, lb, edge) made the tightest in turn, on a stack
+                 of its own whose proxies the demo re-renders: the share each one cuts, the status
+                 its client gets, and polling through the same chain with no error
 
 Each scenario is a `locust` subprocess, the same command a reader can copy (it is printed), rather
 than Locust as a library: Locust monkey-patches the whole process for gevent at import, and this
@@ -22,28 +25,37 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dlkit import accounting
-from dlkit.chain import FLOOR_S
-from dlkit.settings import Settings
-from dlkit.timeouts import ROOT, cut_share, read_chain
+from dlkit.chain import FLOOR_S, config_with_timeouts
+from dlkit.layers import LAYERS, TIMEOUT_STATUS
+from dlkit.settings import LONGEST_DOWNLOAD_S, Settings
+from dlkit.stack import Stack, free_base_port
+from dlkit.timeouts import ROOT, Chain, cut_share, legacy_route_cuts, read_chain
 
 LOADTESTS = ROOT / "loadtests"
-LONGEST_DOWNLOAD_S = 120  # real seconds (DOWNLOAD_DELAY_MAX_MS): what in-flight work may still need
 # RATE_LIMIT_MAX_REQUESTS for a stack the demo starts: each Locust user is one client to the
 # per-client limiter, and a polling user at TIME_SCALE 0.02 polls ten times a second.
 DEMO_RATE_LIMIT = 1_000_000
+# A layer "out of the way" in the layers scenario waits this long (real seconds): longer than the
+# longest download, so only the layer under test cuts. The naive client's own timeout goes above it.
+LIFTED_S = 150
+LAYER_CLIENT_TIMEOUT_S = LIFTED_S + 30
+PROXY_LAYERS = ("nginx", "lb", "edge")
 
 
 @dataclass
@@ -54,6 +66,7 @@ class Scenario:
     run_s: float
     stop_timeout_s: float  # users finish the download in hand, so no job is left for nobody
     title: str
+    args: tuple[str, ...] = ()  # more Locust options
 
 
 @dataclass
@@ -62,7 +75,7 @@ class Run:
 
     scenario: Scenario
     entries: list[dict[str, Any]]
-    backend: dict[str, Any]
+    backend: dict[str, Any] | None  # None without server-side accounting
     seconds: float
     command: list[str] = field(default_factory=list)
 
@@ -90,25 +103,23 @@ def scenarios(quick: bool, users: int, workers: int, scale: float, run_s: float 
     ]  # fmt: skip
 
 
-def expected_cut(settings: Settings, scale: float) -> dict[str, Any]:
+def expected_cut(chain: Chain, app_timeout_s: float, delays_s: tuple[float, float], scale: float,
+                 floor_s: float = FLOOR_S) -> dict[str, Any]:  # fmt: skip
     """Which layer cuts the legacy route first, at what (real) T, and the share it must cut.
 
-    The same reading as `dlkit audit` (dlkit/timeouts.py), with the app's settings as this process
-    sees them (the stack the demo starts inherits its environment), and the local chain's floor:
-    no scaled proxy timeout goes below FLOOR_S (dlkit/chain.py).
+    The audit's reading (dlkit.timeouts.legacy_route_cuts) of the config files, with the app's
+    timeout as the API really runs it (its environment) and, on the embedded stack, the local
+    chain's floor: no scaled proxy timeout goes below FLOOR_S (dlkit/chain.py).
     """
-    chain = read_chain()
-    low, high = settings.DOWNLOAD_DELAY_MIN_MS / 1000, settings.DOWNLOAD_DELAY_MAX_MS / 1000
-    proxies = {
-        "nginx": chain.nginx.location("= /v1/download/start").proxy_read_timeout.seconds,
-        "lb": chain.lb_idle_timeout.seconds,
-        "edge": chain.edge_read_timeout.seconds,
-    }
-    # Inner layers first: on a tie the innermost fires and the others relay its answer.
-    layers = [("app", settings.REQUEST_TIMEOUT_MS / 1000)]
-    layers += [(name, max(seconds * scale, FLOOR_S) / scale) for name, seconds in proxies.items()]
-    layer, timeout_s = min(layers, key=lambda item: item[1])
-    return {"layer": layer, "timeout_s": round(timeout_s, 3), "share": round(cut_share(timeout_s, low, high), 4)}
+
+    def effective_s(cut) -> float:
+        if cut.layer in ("app", "gunicorn"):
+            return cut.setting.seconds
+        return max(cut.setting.seconds * scale, floor_s) / scale
+
+    first = min(legacy_route_cuts(chain, app_timeout_s), key=effective_s)  # min keeps the innermost of equals
+    timeout_s = effective_s(first)
+    return {"layer": first.layer, "timeout_s": round(timeout_s, 3), "share": round(cut_share(timeout_s, *delays_s), 4)}
 
 
 # --- running one scenario ----------------------------------------------------------------------
@@ -130,10 +141,12 @@ def run_scenario(scenario: Scenario, entry: str, report: Path, scale: float, api
                  progress: Progress) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
     prefix = report / scenario.name
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOADTESTS / scenario.locustfile), "--host", entry,
+        sys.executable, "-m", "locust", "-f", ",".join(str(LOADTESTS / f) for f in scenario.locustfile.split(",")),
+        "--host", entry,
         "--headless", "-u", str(scenario.users), "-r", str(scenario.users), "-t", f"{round(scenario.run_s)}s",
         "--stop-timeout", f"{math.ceil(scenario.stop_timeout_s)}s", "--csv", str(prefix), "--html", f"{prefix}.html",
         "--json-file", str(prefix), "--only-summary", "--exit-code-on-error", "0", "--time-scale", f"{scale:g}",
+        *scenario.args,
     ]  # fmt: skip
     env = {**os.environ, **({"DLKIT_API_KEY": api_key} if api_key else {})}
     task = progress.add_task(scenario.name, total=scenario.run_s, counts="")
@@ -160,9 +173,12 @@ def run_scenario(scenario: Scenario, entry: str, report: Path, scale: float, api
     return json.loads(json_path.read_text()), command
 
 
-def settle(redis: Redis, timeout_s: float) -> dict[str, Any]:
+def settle(redis: Redis | None, timeout_s: float) -> dict[str, Any] | None:
     """Wait until the work clients left behind has ended (the legacy route's background threads,
-    jobs still running), then read the accounting. Bounded: a job that never ends is not awaited."""
+    jobs still running), then read the accounting. Bounded: a job that never ends is not awaited.
+    None without server-side accounting (no Redis reachable)."""
+    if redis is None:
+        return None
     deadline = time.monotonic() + timeout_s
     while True:
         figures = accounting.read(redis)
@@ -171,6 +187,18 @@ def settle(redis: Redis, timeout_s: float) -> dict[str, Any]:
         if done or time.monotonic() > deadline:
             return figures
         time.sleep(0.2)
+
+
+def accounting_redis(redis_url: str | None) -> tuple[Redis | None, str]:
+    """The deployment's Redis for server-side accounting, or None and why not."""
+    if not redis_url:
+        return None, "no Redis URL given (--redis-url or REDIS_URL)"
+    redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        redis.ping()
+    except (RedisError, ValueError) as error:
+        return None, f"Redis at {redis_url} not reachable ({error})"
+    return redis, f"Redis at {redis_url}"
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -211,7 +239,7 @@ def sync_figures(run: Run, expected: dict[str, Any], scale: float) -> dict[str, 
             cut += r["num_requests"]
             by_layer[layer] = by_layer.get(layer, 0) + r["num_requests"]
     delivered = {str(k): v for k, v in (run.row("start [200]", "POST") or {}).get("response_times", {}).items()}
-    wasted = run.backend["sync"]["wasted_seconds"]
+    wasted = run.backend["sync"]["wasted_seconds"] if run.backend else None
     return {
         "requests": requests,
         "ok": by_status.get("200", 0),
@@ -224,15 +252,15 @@ def sync_figures(run: Run, expected: dict[str, Any], scale: float) -> dict[str, 
         "delivered_p50_s": percentile_s(delivered, 0.5),
         "delivered_p95_s": percentile_s(delivered, 0.95),
         "wasted_backend_seconds": wasted,
-        "wasted_backend_seconds_at_real_speed": round(wasted / scale, 1),
-        "backend": run.backend["sync"],
+        "wasted_backend_seconds_at_real_speed": None if wasted is None else round(wasted / scale, 1),
+        "backend": run.backend["sync"] if run.backend else None,
     }
 
 
 def polling_figures(run: Run, scale: float) -> dict[str, Any]:
     ttf = run.row("time-to-file", "JOB") or {"num_requests": 0, "num_failures": 0, "response_times": {}}
     never = sum(r["num_requests"] for r in run.rows("JOB", "job ["))
-    wasted = run.backend["jobs"]["wasted_seconds"]
+    wasted = run.backend["jobs"]["wasted_seconds"] if run.backend else None
     return {
         "downloads": ttf["num_requests"] + never,
         "completed": ttf["num_requests"],
@@ -242,8 +270,8 @@ def polling_figures(run: Run, scale: float) -> dict[str, Any]:
         "time_to_file_p50_s": percentile_s(ttf["response_times"], 0.5),
         "time_to_file_p95_s": percentile_s(ttf["response_times"], 0.95),
         "wasted_backend_seconds": wasted,
-        "wasted_backend_seconds_at_real_speed": round(wasted / scale, 1),
-        "backend": run.backend["jobs"],
+        "wasted_backend_seconds_at_real_speed": None if wasted is None else round(wasted / scale, 1),
+        "backend": run.backend["jobs"] if run.backend else None,
     }
 
 
@@ -251,19 +279,24 @@ def retry_figures(run: Run) -> dict[str, Any]:
     def wanted(name: str) -> dict[str, Any]:
         return run.row(name, "WANT") or {"num_requests": 0, "num_failures": 0}
 
+    def ratio(work: int | None, wanted: int) -> float | None:
+        return round(work / wanted, 2) if work is not None and wanted else None
+
     sync, polling = wanted("sync download"), wanted("polling download")
-    started = run.backend["sync"]["started"]
-    created = run.backend["jobs"]["created"]
+    backend = run.backend
+    started = backend["sync"]["started"] if backend else None
+    created = backend["jobs"]["created"] if backend else None
     return {
-        "sync_amplification": round(started / sync["num_requests"], 2) if sync["num_requests"] else None,
-        "polling_amplification": round(created / polling["num_requests"], 2) if polling["num_requests"] else None,
+        "sync_amplification": ratio(started, sync["num_requests"]),
+        "polling_amplification": ratio(created, polling["num_requests"]),
         "sync_wanted": sync["num_requests"],
         "sync_got": sync["num_requests"] - sync["num_failures"],
         "sync_handlers_started": started,
         "polling_wanted": polling["num_requests"],
         "polling_got": polling["num_requests"] - polling["num_failures"],
         "polling_jobs_created": created,
-        "wasted_backend_seconds": round(run.backend["sync"]["wasted_seconds"] + run.backend["jobs"]["wasted_seconds"], 3),
+        "wasted_backend_seconds": round(backend["sync"]["wasted_seconds"] + backend["jobs"]["wasted_seconds"], 3)
+        if backend else None,
     }
 
 
@@ -292,7 +325,7 @@ def _secs(value: float | None, scale: float) -> str:
 def print_table(summary: dict[str, Any], console: Console) -> None:
     scale = summary["time_scale"]
     sync, polling = summary["scenarios"]["sync"], summary["scenarios"]["polling"]
-    storm = summary["scenarios"].get("retry_storm")
+    storm = summary["scenarios"]["retry_storm"]
     table = Table(title=f"before / after, TIME_SCALE {scale:g} (a 10-120 s download takes "
                         f"{10 * scale:g}-{120 * scale:g} s)")  # fmt: skip
     table.add_column("")
@@ -316,7 +349,9 @@ def print_table(summary: dict[str, Any], console: Console) -> None:
                   _secs(polling["time_to_file_p95_s"], scale))
     table.add_row("wasted backend seconds", _secs(sync["wasted_backend_seconds"], scale),
                   _secs(polling["wasted_backend_seconds"], scale))
-    if storm:
+    if storm["sync_amplification"] is None:
+        table.add_row("work amplification (retry storm)", "n/a: no server-side accounting", "n/a")
+    else:
         table.add_row("work amplification (retry storm)",
                       f"{storm['sync_amplification']}x: {storm['sync_handlers_started']} handlers for "
                       f"{storm['sync_wanted']} downloads wanted, {storm['sync_got']} got",
@@ -324,6 +359,23 @@ def print_table(summary: dict[str, Any], console: Console) -> None:
                       f"{storm['polling_wanted']} wanted (Idempotency-Key)")  # fmt: skip
     console.print(table)
     console.print("* sync: only the downloads that arrived, i.e. the short ones; the others never do.", style="dim")
+    if summary.get("accounting") is not True:
+        console.print(f"no server-side accounting: {summary.get('accounting')}; wasted seconds and "
+                      "amplification need the deployment's Redis (--redis-url)", style="yellow")  # fmt: skip
+
+
+def print_layers(layers: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title="each layer the tightest in turn: the sync route cut, polling untouched")
+    for column in ("layer", "timeout", "client gets", "requests", "cut: measured", "cut: (120 - T) / 110",
+                   "polling downloads", "polling errors"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for layer in layers:
+        status = layer["client_status"]
+        table.add_row(layer["layer"], f"{layer['timeout_s']:g} s", "-" if status is None else str(status),
+                      str(layer["requests"]), _pct(layer["timeout_share_measured"]),
+                      _pct(layer["timeout_share_expected"]), str(layer["polling_downloads"]),
+                      str(layer["polling_errors"]))  # fmt: skip
+    console.print(table)
 
 
 def write_charts(summary: dict[str, Any], runs: dict[str, Run], report: Path) -> list[Path]:
@@ -345,12 +397,11 @@ def write_charts(summary: dict[str, Any], runs: dict[str, Run], report: Path) ->
     bars.append((f"sync start\n({sync['requests']} requests)", outcomes))
     bars.append((f"async jobs\n({polling['downloads']} downloads)",
                  {"delivered": polling["verified"], "failed": polling["downloads"] - polling["verified"]}))
-    storm = summary["scenarios"].get("retry_storm")
-    if storm:
-        bars.append((f"retry storm, sync\n({storm['sync_wanted']} wanted)",
-                     {"delivered": storm["sync_got"], "gave up": storm["sync_wanted"] - storm["sync_got"]}))
-        bars.append((f"retry storm, async\n({storm['polling_wanted']} wanted)",
-                     {"delivered": storm["polling_got"], "failed": storm["polling_wanted"] - storm["polling_got"]}))
+    storm = summary["scenarios"]["retry_storm"]
+    bars.append((f"retry storm, sync\n({storm['sync_wanted']} wanted)",
+                 {"delivered": storm["sync_got"], "gave up": storm["sync_wanted"] - storm["sync_got"]}))
+    bars.append((f"retry storm, async\n({storm['polling_wanted']} wanted)",
+                 {"delivered": storm["polling_got"], "failed": storm["polling_wanted"] - storm["polling_got"]}))
     colours = {"delivered": "#2e7d32", "504 app": "#c62828", "504 nginx": "#ef6c00", "502 nginx": "#ff8f00",
                "504 lb": "#6a1b9a", "524 edge": "#283593", "client timeout": "#546e7a"}
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * len(bars)))
@@ -411,42 +462,195 @@ def write_charts(summary: dict[str, Any], runs: dict[str, Run], report: Path) ->
     return [outcomes_png, ttf_png]
 
 
+# --- the layers scenario ------------------------------------------------------------------------
+
+
+def layer_figures(layer: str, run: Run, expected: dict[str, Any]) -> dict[str, Any]:
+    """One row of `scenarios.layers`: what the sync users measured with `layer` the tightest, and
+    whether the polling users beside them got every file."""
+    sync = run.rows("POST", "start [")
+    requests = sum(r["num_requests"] for r in sync)
+    by_outcome = {_outcome(r["name"]): r["num_requests"] for r in sync}
+    cut = {outcome: n for outcome, n in by_outcome.items() if outcome != "200"}
+    # The status the client got from the cutting layer: the most frequent failed outcome.
+    top = max(cut, key=cut.get) if cut else None
+    client_status = int(top.split()[0]) if top and top.split()[0].isdigit() else None
+    polling = [e for e in run.entries if not e["name"].startswith("start [")]
+    ttf = run.row("time-to-file", "JOB") or {"num_requests": 0, "num_failures": 0}
+    never = sum(r["num_requests"] for r in run.rows("JOB", "job ["))
+    return {
+        "layer": layer,
+        "timeout_s": expected["timeout_s"],
+        "tightest_by_config": expected["layer"],
+        "client_status": client_status,
+        "client_status_expected": TIMEOUT_STATUS[layer],
+        "requests": requests,
+        "by_outcome": dict(sorted(by_outcome.items())),
+        "timeout_share_measured": round(sum(cut.values()) / requests, 4) if requests else None,
+        "timeout_share_expected": expected["share"],
+        "polling_downloads": ttf["num_requests"] + never,
+        "polling_verified": ttf["num_requests"] - ttf["num_failures"],
+        "polling_errors": sum(e["num_failures"] for e in polling),
+        "command": " ".join(run.command[2:]),
+    }
+
+
+def layer_plan(quick: bool, scale: float, workers: int, run_s: float | None) -> Scenario:
+    """Sync users enough to measure each share on about 1000 requests in a full demo (within 2
+    points of theory) and several hundred with --quick, and polling users beside them."""
+    users = 48 if quick else 96
+    seconds = run_s or (25 if quick else max(60, 700 * scale))
+    polling = max(2, 2 * workers)
+    config = [{"user_class_name": "SyncUser", "fixed_count": users},
+              {"user_class_name": "PollingUser", "fixed_count": polling}]  # fmt: skip
+    return Scenario("layer", "sync.py,polling.py", users + polling, seconds, 4 * LONGEST_DOWNLOAD_S * scale + 10,
+                    f"{users} sync and {polling} polling",
+                    ("--config-users", json.dumps(config), "--client-timeout", str(LAYER_CLIENT_TIMEOUT_S)))
+
+
+def run_layers(scale: float, workers: int, *, quick: bool, report: Path, api_key: str | None, progress: Progress,
+               run_s: float | None = None) -> tuple[list[dict[str, Any]], dict[str, Run]]:  # fmt: skip
+    """Make app, nginx, lb and edge the tightest layer in turn and run sync + polling users.
+
+    On a stack of its own (the one `dlkit up` started runs in another process, which cannot be
+    re-rendered from here), at the demo's time scale, with copies of the chain's files in which the
+    other proxies wait LIFTED_S (dlkit.chain.config_with_timeouts); the app's REQUEST_TIMEOUT_MS is
+    lifted too, except when the app is the layer under test. The expected T and share come from
+    those same copies, read by the audit's reader.
+    """
+    settings = Settings.from_env()
+    app_timeout_s = settings.REQUEST_TIMEOUT_MS / 1000
+    delays = (settings.DOWNLOAD_DELAY_MIN_MS / 1000, settings.DOWNLOAD_DELAY_MAX_MS / 1000)
+    plan = layer_plan(quick, scale, workers, run_s)
+    home = Path(tempfile.mkdtemp(prefix="dlkit-layers-"))
+    env = {
+        "RATE_LIMIT_MAX_REQUESTS": str(DEMO_RATE_LIMIT),
+        # Each sync user holds a gunicorn thread for its whole download, even once a proxy cut it,
+        # and the two gunicorn workers do not share the load evenly: room for every user in each,
+        # or requests wait for a thread, and that wait counts against the layer's timeout.
+        "GUNICORN_THREADS": str(max(16, 2 * plan.users)),
+        "REQUEST_TIMEOUT_MS": str(settings.REQUEST_TIMEOUT_MS),
+    }
+    rows: list[dict[str, Any]] = []
+    runs: dict[str, Run] = {}
+    stack = None
+    try:
+        for layer in LAYERS:
+            config = config_with_timeouts(home / f"config-{layer}", {p: LIFTED_S for p in PROXY_LAYERS if p != layer})
+            if layer != "app":
+                app_timeout_s = LIFTED_S
+            lifted_app = {"REQUEST_TIMEOUT_MS": str(LIFTED_S * 1000)} if layer == "nginx" else None
+            if stack is None:
+                progress.console.print(f"[bold]layers[/]: starting a stack of its own at time scale {scale:g}")
+                stack = Stack(home / "stack", free_base_port(), time_scale=scale, workers=workers, env=env,
+                              config_root=config, prometheus=False)  # fmt: skip
+                stack.start()
+            else:
+                stack.reconfigure(config, env=lifted_app)
+            expected = expected_cut(read_chain(config), app_timeout_s, delays, scale)
+            if expected["layer"] != layer:
+                raise RuntimeError(f"layers: {expected['layer']} is tighter than {layer} in {config}")
+            scenario = Scenario(f"layer-{layer}", plan.locustfile, plan.users, plan.run_s, plan.stop_timeout_s,
+                                plan.title, plan.args)  # fmt: skip
+            progress.console.print(f"[bold]layer {layer}[/]: the tightest at {expected['timeout_s']:g} s; "
+                                   f"{plan.title}, {plan.users} users, {plan.run_s:g} s")  # fmt: skip
+            started = time.monotonic()
+            entries, command = run_scenario(scenario, stack.entry, report, scale, api_key, progress)
+            run = Run(scenario, entries, None, time.monotonic() - started, command)
+            runs[scenario.name] = run
+            rows.append(layer_figures(layer, run, expected))
+    finally:
+        if stack is not None:
+            stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    return rows, runs
+
+
+def write_layers_chart(layers: list[dict[str, Any]], report: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    positions = range(len(layers))
+    measured = [row["timeout_share_measured"] or 0 for row in layers]
+    expected = [row["timeout_share_expected"] for row in layers]
+    ax.bar([x - 0.2 for x in positions], measured, width=0.4, color="#c62828", label="measured")
+    ax.bar([x + 0.2 for x in positions], expected, width=0.4, color="#9e9e9e", label="(120 - T) / 110")
+    for x, row in zip(positions, layers):
+        status = row["client_status"]
+        ax.text(x - 0.2, (row["timeout_share_measured"] or 0) + 0.02,
+                f"{'-' if status is None else status}\n{row['requests']} req", ha="center", fontsize=8)
+    ax.set_xticks(list(positions), [f"{row['layer']}\nT = {row['timeout_s']:g} s" for row in layers])
+    ax.set_ylim(0, 1.05)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_ylabel("synchronous downloads cut")
+    ax.set_title("Each layer the tightest in turn: the share it cuts, and the status its client gets")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = report / "layers.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # --- the whole demo ----------------------------------------------------------------------------
 
 
-def run_demo(entry: str, redis_url: str, scale: float, workers: int, *, quick: bool, users: int,
-             report: Path, api_key: str | None, console: Console, run_s: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run the scenarios against the stack at `entry`, write the report folder, return the summary."""
+def run_demo(entry: str, redis_url: str | None, scale: float, workers: int, *, quick: bool, users: int,
+             report: Path, api_key: str | None, console: Console, run_s: float | None = None,
+             layers: bool = True, embedded: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Run the scenarios against the stack at `entry`, write the report folder, return the summary.
+
+    `embedded`: the entry is the local chain (its floor on scaled timeouts applies). `layers`: also
+    run the layers scenario, on a stack of its own. `redis_url`: the deployment's Redis, for the
+    server-side accounting; without it the report says what it lacks.
+    """
     report.mkdir(parents=True, exist_ok=True)
     settings = Settings.from_env()
-    expected = expected_cut(settings, scale)
-    redis = Redis.from_url(redis_url)
+    delays = (settings.DOWNLOAD_DELAY_MIN_MS / 1000, settings.DOWNLOAD_DELAY_MAX_MS / 1000)
+    expected = expected_cut(read_chain(), settings.REQUEST_TIMEOUT_MS / 1000, delays, scale,
+                            FLOOR_S if embedded else 0.0)  # fmt: skip
+    redis, accounting_source = accounting_redis(redis_url)
     runs: dict[str, Run] = {}
+    layer_rows: list[dict[str, Any]] = []
     plan = scenarios(quick, users, workers, scale, run_s)
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[counts]}"), console=console) as progress:  # fmt: skip
         for scenario in plan:
             progress.console.print(f"[bold]{scenario.name}[/]: {scenario.title}, {scenario.users} users, "
                                    f"{scenario.run_s:g} s")  # fmt: skip
-            accounting.reset(redis)
+            if redis is not None:
+                accounting.reset(redis)
             started = time.monotonic()
             entries, command = run_scenario(scenario, entry, report, scale, api_key, progress)
             backend = settle(redis, LONGEST_DOWNLOAD_S * scale * 2 + 5)
             runs[scenario.name] = Run(scenario, entries, backend, time.monotonic() - started, command)
+        if layers:
+            layer_rows, layer_runs = run_layers(scale, workers, quick=quick, report=report, api_key=api_key,
+                                                progress=progress, run_s=run_s)  # fmt: skip
+            runs |= layer_runs
 
     summary: dict[str, Any] = {
         "time_scale": scale,
         "entry": entry,
+        "accounting": True if redis is not None else accounting_source,
         "scenarios": {
             "sync": sync_figures(runs["sync"], expected, scale),
             "polling": polling_figures(runs["polling"], scale),
+            "retry_storm": retry_figures(runs["retry_storm"]),
+            "layers": layer_rows,
         },
         "commands": {name: " ".join(run.command[2:]) for name, run in runs.items()},
     }
-    if "retry_storm" in runs:
-        summary["scenarios"]["retry_storm"] = retry_figures(runs["retry_storm"])
+    if not layers:
+        summary["layers_skipped"] = "the layers scenario re-renders the embedded stack's proxies: not run against --entry"
     print_table(summary, console)
     charts = write_charts(summary, runs, report)
+    if layer_rows:
+        print_layers(layer_rows, console)
+        charts.append(write_layers_chart(layer_rows, report))
     summary["charts"] = [str(path) for path in charts]
     (report / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"report: [bold]{report}[/] (summary.json, {', '.join(p.name for p in charts)}, "

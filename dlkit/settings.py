@@ -142,3 +142,8 @@ class Settings(BaseSettings):
     def cors_origins(self) -> list[str] | str:
         origins = [o.strip() for o in self.CORS_ORIGINS.split(",") if o.strip()]
         return "*" if origins == ["*"] else origins
+
+
+# The longest simulated download at real speed (DOWNLOAD_DELAY_MAX_MS's default): what anything
+# waiting on in-flight work (a client, the demo) must allow.
+LONGEST_DOWNLOAD_S = Settings.model_fields["DOWNLOAD_DELAY_MAX_MS"].default / 1000

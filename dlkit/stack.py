@@ -401,6 +401,7 @@ class Stack:
         env: dict[str, str] | None = None,
         chain: bool = True,
         config_root: Path = ROOT,
+        prometheus: bool = True,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -432,7 +433,7 @@ class Stack:
             self._add(self._nginx_process("lb"))
             self._add(self._nginx_process("edge"))
         # Last: it scrapes everything above. Only where the OS package is installed (see the Makefile).
-        if prometheus_binary() is not None:
+        if prometheus and prometheus_binary() is not None:
             self._add(self._prometheus())
 
     @property

@@ -43,6 +43,8 @@ STAGING = Path("infra/terraform")  # a directory: every *.tf in it
 ALB_MODULE_SOURCE = "../../proxy/alb"
 # Where the official nginx image's entrypoint looks for templates to render (envsubst).
 NGINX_TEMPLATES_DIR = "/etc/nginx/templates/"
+# The nginx location of the legacy synchronous route.
+LEGACY_ROUTE = "= /v1/download/start"
 # Environment variables that change a value read_chain reads from a file (or, TIME_SCALE, scale the
 # app's durations but not nginx's). Set in compose, they make the running chain differ from the audited one.
 TIMEOUT_ENV = ("REQUEST_TIMEOUT_MS", "POLL_INTERVAL_S", "SSE_HEARTBEAT_S", "DOWNLOAD_DELAY_MIN_MS",
@@ -204,6 +206,45 @@ def read_deployment(root: Path = ROOT) -> Deployment:
     )
 
 
+def is_sync_worker(worker_class: str) -> bool:
+    """gunicorn's sync workers: one request at a time, killed when silent past `timeout`."""
+    return worker_class in ("sync", "gunicorn.workers.sync.SyncWorker")
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One layer's timeout on the legacy route, which sends nothing until its work is done, so
+    every idle or read timeout on the way is a total one."""
+
+    layer: str  # "app", "gunicorn" (sync workers only), "nginx", "lb", "edge"
+    label: str  # the setting as a reader knows it: "nginx proxy_read_timeout"
+    setting: Setting
+    location: Location | None = None
+
+
+def legacy_route_cuts(chain: Chain, app_timeout_s: float | None = None) -> list[Cut]:
+    """Every timeout on the legacy `start` route, the one that fires first at the front.
+
+    The one reading of "which layer cuts first", for `dlkit audit` and `dlkit demo`.
+    `app_timeout_s` replaces the file's REQUEST_TIMEOUT_MS default with what a process really runs
+    with (its environment). Inner layers first, and the sort is stable: on a tie the innermost
+    fires and the others relay its answer.
+    """
+    app = chain.app.REQUEST_TIMEOUT_MS
+    if app_timeout_s is not None:
+        app = Setting(app.name, app_timeout_s, app.file, app.line)
+    location = chain.nginx.location(LEGACY_ROUTE)
+    cuts = [Cut("app", "app REQUEST_TIMEOUT_MS", app)]
+    if is_sync_worker(chain.gunicorn.worker_class):
+        cuts.append(Cut("gunicorn", "gunicorn sync timeout", chain.gunicorn.timeout))
+    cuts += [
+        Cut("nginx", "nginx proxy_read_timeout", location.proxy_read_timeout, location),
+        Cut("lb", "ALB idle_timeout", chain.lb_idle_timeout),
+        Cut("edge", "Cloudflare proxy_read_timeout", chain.edge_read_timeout),
+    ]
+    return sorted(cuts, key=lambda cut: cut.setting.seconds)
+
+
 def cut_share(timeout_s: float, min_s: float, max_s: float) -> float:
     """Share of requests cut by `timeout_s` when their work is uniform on [min_s, max_s]."""
     if max_s <= min_s:  # every request takes the same time
@@ -332,7 +373,7 @@ def _read_compose(root: Path, relative: Path) -> tuple[tuple[Value, ...], tuple[
 # nginx ----------------------------------------------------------------------------------------
 
 
-def _nginx_seconds(value: str, relative: Path, line: int) -> float:
+def nginx_seconds(value: str, relative: Path | str = "nginx", line: int = 0) -> float:
     """nginx time syntax ("500ms", "75s", "1m30s", "60") in seconds."""
     parts = _NGINX_TIME.findall(value)
     if not parts or "".join(number + unit for number, unit in parts) != value:
@@ -365,7 +406,7 @@ def _read_nginx(root: Path, relative: Path) -> Nginx:
     def setting(directive: dict | None, name: str, default: float) -> Setting:
         if directive is None:
             return Setting(name, default, relative, 0)
-        return Setting(name, _nginx_seconds(directive["args"][0], relative, directive["line"]), relative,
+        return Setting(name, nginx_seconds(directive["args"][0], relative, directive["line"]), relative,
                        directive["line"])  # fmt: skip
 
     http, server = _directives(top), _directives(servers[0]["block"])

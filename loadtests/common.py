@@ -21,16 +21,14 @@ import time
 import requests
 from locust import events
 
-from dlkit.chain import layer_of
 from dlkit.files import is_available
+from dlkit.layers import layer_of
+from dlkit.settings import FILE_ID_MAX, FILE_ID_MIN
 
 # Real (unscaled) seconds; every duration below is multiplied by --time-scale.
-# The longest simulated download is 120 s: anything that waits for one must allow more.
-LONGEST_DOWNLOAD_S = 120
 # Calls that do no work (initiate, status, the download redirect) answer in milliseconds at any
 # scale; their timeout must not shrink with the clock, or a busy CI machine would time them out.
 API_CALL_TIMEOUT_S = 10
-FILE_ID_MIN, FILE_ID_MAX = 10_000, 100_000_000
 
 
 @events.init_command_line_parser.add_listener
@@ -39,6 +37,9 @@ def _options(parser) -> None:
                         help="the stack's TIME_SCALE: client timeouts and think times follow it (default 1.0)")
     parser.add_argument("--api-key", env_var="DLKIT_API_KEY", default="",
                         help="API key sent as a Bearer token, when the stack runs with API_KEYS")
+    parser.add_argument("--client-timeout", type=float, default=None,
+                        help="sync.py: the naive client's own timeout in real seconds (default 100); "
+                             "above 120 no download is cut by the client itself")
 
 
 def report(user, request_type: str, name: str, started: float, length: int = 0, error: str | None = None) -> None:
@@ -79,9 +80,9 @@ def unavailable_file_id() -> int:
 def classify(response) -> str:
     """Outcome label of one response: "200", "504 app", "524 edge", "client timeout", ...
 
-    Proxies mark the errors they make themselves with X-Dlkit-Layer (dlkit.chain.layer_of); a
-    5xx without it came from the app. A request that never got a response (Locust's status 0)
-    is a client timeout or a connection error.
+    The layer comes from what it sent (dlkit.layers.layer_of): the local proxies' X-Dlkit-Layer,
+    the app's problem JSON, Cloudflare's 52x, an ALB's or nginx's own Server header. A request
+    that never got a response (Locust's status 0) is a client timeout or a connection error.
     """
     status = response.status_code
     if not status:

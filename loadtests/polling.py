@@ -21,11 +21,12 @@ import random
 import time
 import zipfile
 
-from common import (API_CALL_TIMEOUT_S, report, LONGEST_DOWNLOAD_S, auth_headers, available_file_id, scaled,
+from common import (API_CALL_TIMEOUT_S, report, auth_headers, available_file_id, scaled,
                     time_scale, unavailable_file_id)  # fmt: skip
 from locust import HttpUser, task
 
 from dlkit import files
+from dlkit.settings import LONGEST_DOWNLOAD_S
 
 TERMINAL = {"completed", "failed", "cancelled"}
 # How long a user waits for one job before giving up (real seconds): the longest download plus

@@ -8,7 +8,6 @@ and each test rewrites copies of the production files so that one layer is the t
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,44 +17,16 @@ import httpx
 import psutil
 import pytest
 
-from dlkit.chain import layer_of
-from dlkit.stack import ROOT
+from dlkit.chain import config_with_timeouts
+from dlkit.layers import layer_of
 
 from .conftest import start_stack
 from .support import available_ids, initiate, poll
 
-CONFIG_FILES = [
-    "proxy/nginx/dlkit.conf.template",
-    "proxy/nginx/local.conf.template",
-    "proxy/nginx/metrics.conf.template",
-    "proxy/nginx/metrics.js",
-    "proxy/emulation/edge.conf.template",
-    "proxy/emulation/lb.conf.template",
-    "proxy/cloudflare/variables.tf",
-    "proxy/alb/variables.tf",
-    "app/gunicorn_conf.py",
-    "dlkit/settings.py",
-]
-
-
 def config_copy(root: Path, edge: int, lb: int, nginx_start: int) -> Path:
     """Copies of the production files with the edge read timeout, the LB idle timeout and nginx's
     read timeout for the legacy `start` route set to these (real, unscaled) seconds."""
-    for name in CONFIG_FILES:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, root / name)
-
-    def edit(name: str, pattern: str, value: int) -> None:
-        path = root / name
-        text, count = re.subn(pattern, rf"\g<1>{value}", path.read_text(), flags=re.DOTALL)
-        assert count == 1, f"{pattern} not found in {name}"
-        path.write_text(text)
-
-    edit("proxy/cloudflare/variables.tf", r'(variable "proxy_read_timeout"\s*\{[^}]*?default\s*=\s*)\d+', edge)
-    edit("proxy/alb/variables.tf", r'(variable "idle_timeout"\s*\{[^}]*?default\s*=\s*)\d+', lb)
-    edit("proxy/nginx/dlkit.conf.template",
-         r"(location = /v1/download/start \{[^}]*?proxy_read_timeout )\d+(?=s;)", nginx_start)
-    return root
+    return config_with_timeouts(root, {"edge": edge, "lb": lb, "nginx": nginx_start})
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dlkit import chain
+from dlkit.layers import layer_of
 from dlkit.stack import nginx_binary
 
 PRODUCTION_VALUES = {
@@ -73,7 +74,17 @@ def test_unknown_placeholders_are_refused():
 
 
 def test_the_layer_of_an_answer():
-    assert chain.layer_of(200, {}) == "ok"
-    assert chain.layer_of(504, {}) == "app"
-    assert chain.layer_of(504, {"X-Dlkit-Layer": "lb"}) == "lb"
-    assert chain.layer_of(524, {"X-Dlkit-Layer": "edge"}) == "edge"
+    problem = {"Content-Type": "application/problem+json"}
+    assert layer_of(200, {}) == "ok"
+    assert layer_of(404, problem) == "client-error"
+    assert layer_of(504, problem) == "app"
+    assert layer_of(504, {**problem, "X-Dlkit-Layer": "lb"}) == "lb"
+    assert layer_of(524, {**problem, "X-Dlkit-Layer": "edge"}) == "edge"
+    # What the real services send (no X-Dlkit-Layer): Cloudflare, an AWS ALB, a stock nginx.
+    assert layer_of(524, {"Server": "cloudflare", "cf-ray": "8c1d2e3f4a5b6c7d-AMS", "Content-Type": "text/html"}) == "edge"
+    assert layer_of(502, {"Server": "cloudflare", "Content-Type": "text/html; charset=UTF-8"}) == "edge"
+    # Relayed through Cloudflare, the origin's answer keeps its content type: still the app's.
+    assert layer_of(504, {"Server": "cloudflare", "cf-ray": "1", **problem}) == "app"
+    assert layer_of(504, {"Server": "awselb/2.0", "Content-Type": "text/html"}) == "lb"
+    assert layer_of(504, {"Server": "nginx/1.27.0", "Content-Type": "text/html"}) == "nginx"
+    assert layer_of(500, {"Server": "gunicorn", "Content-Type": "text/html"}) == "unknown"
