@@ -256,6 +256,7 @@ def jobs() -> dict:
 
 def proxy_chain() -> dict:
     sel = 'layer=~"$layer", route=~"$proxy_route"'
+    polling = f'{sel}, route!="{config.LEGACY_PROXY_ROUTE}"'
     proxied = "dlkit_proxy_requests_total"
     return dashboard(
         "dlkit-proxy-chain", "dlkit / proxy chain",
@@ -286,8 +287,9 @@ def proxy_chain() -> dict:
                   f'{{route="{config.LEGACY_ROUTE}"}}[{RATE}])))', "p95")
             ]),
             graph("504 / 524 share by layer and route, legacy route excluded", "percentunit", [
-                Q(f'sum by (layer, route) (rate({proxied}{{{sel}, route!="{config.LEGACY_PROXY_ROUTE}", status=~"504|524"}}[{RATE}])) '
-                  f'/ sum by (layer, route) (rate({proxied}{{{sel}, route!="{config.LEGACY_PROXY_ROUTE}"}}[{RATE}]))',
+                Q(f'(sum by (layer, route) (rate({proxied}{{{polling}, status=~"504|524"}}[{RATE}])) '
+                  f"or 0 * sum by (layer, route) (rate({proxied}{{{polling}}}[{RATE}]))) "
+                  f"/ sum by (layer, route) (rate({proxied}{{{polling}}}[{RATE}]))",
                   "{{layer}} {{route}}")
             ], bad=Bad(config.PROXY_TIMEOUT_SHARE_BAD, "DlkitProxyTimeouts"),
                 description="What DlkitProxyTimeouts watches: the polling API's calls return in milliseconds."),
