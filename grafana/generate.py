@@ -40,6 +40,7 @@ INPUTS = {
 }
 RATE = "$__rate_interval"
 HTTP = "dlkit_http_requests_total"
+CLOUDFLARE = "cloudflare_zone_requests_status"  # lablabs/cloudflare-exporter: requests by zone and edge status
 SLO_ROUTES = "|".join(config.SLO_ROUTES)
 
 
@@ -379,8 +380,8 @@ def slo() -> dict:
 
 
 def staging_edge() -> dict:
-    """Staging's real load balancer (CloudWatch, namespace AWS/ApplicationELB) and Cloudflare
-    (its analytics are not in CloudWatch: linked, see docs/monitoring-staging.md)."""
+    """Staging's real load balancer (CloudWatch, namespace AWS/ApplicationELB) and Cloudflare zone
+    (cloudflare-exporter's metrics in Prometheus). Neither exists on a local stack: docs/monitoring-staging.md."""
 
     def alb(title: str, unit: str, metrics: list[tuple[str, str, str]], bad: Bad | None = None,
             description: str = "") -> timeseries.Panel:
@@ -403,8 +404,8 @@ def staging_edge() -> dict:
 
     return dashboard(
         "dlkit-staging-edge", "dlkit / staging edge (ALB, Cloudflare)",
-        "Staging's AWS Application Load Balancer from CloudWatch (the layer the local chain emulates). "
-        "Cloudflare's 524s: its Analytics, linked from docs/monitoring-staging.md.",
+        "Staging's real AWS Application Load Balancer (CloudWatch) and Cloudflare zone (its analytics through "
+        "cloudflare-exporter, in Prometheus): the layers the local chain emulates. See docs/monitoring-staging.md.",
         [
             alb("Requests", "short", [("RequestCount", "Sum", "requests")]),
             alb("504 from the ALB itself (idle timeout)", "short",
@@ -419,14 +420,26 @@ def staging_edge() -> dict:
             alb("Rejected and refused connections", "short",
                 [("RejectedConnectionCount", "Sum", "rejected"), ("TargetConnectionErrorCount", "Sum", "target errors")],
                 bad=Bad(1)),
+            # Cloudflare's zone analytics, through the Cloudflare exporter (docs/monitoring-staging.md).
+            graph("Cloudflare answers by status", "reqps",
+                  [Q(f'sum by (zone, status) (rate({CLOUDFLARE}{{zone=~"$zone"}}[{RATE}]))', "{{zone}} {{status}}")],
+                  description="Edge answers of the zone, from Cloudflare's analytics (cloudflare-exporter)."),
+            graph("Cloudflare 524 share (origin sent nothing within the Proxy Read Timeout)", "percentunit", [
+                Q(f'(sum by (zone) (rate({CLOUDFLARE}{{zone=~"$zone", status="524"}}[{RATE}])) '
+                  f'or 0 * sum by (zone) (rate({CLOUDFLARE}{{zone=~"$zone"}}[{RATE}]))) '
+                  f'/ sum by (zone) (rate({CLOUDFLARE}{{zone=~"$zone"}}[{RATE}]))', "{{zone}}")
+            ], bad=Bad(config.PROXY_TIMEOUT_SHARE_BAD, "DlkitProxyTimeouts"),
+                description=f"Zone-wide, so the legacy `{config.LEGACY_ROUTE}` calls are in it: compare with the "
+                            "proxy chain dashboard's nginx figures by route."),
         ],
         [
             build.TextBoxVariable("region").label("AWS region").default_value("default")
             .description("the staging region (infra/terraform variable region); `default` is the datasource's"),
             build.TextBoxVariable("load_balancer").label("ALB (arn suffix)")
             .description("terraform output of proxy/alb's lb_arn_suffix: app/<name>/<id>"),
+            query_variable("zone", "Cloudflare zone", f"label_values({CLOUDFLARE}, zone)"),
         ],
-        datasources=("cloudwatch",),
+        datasources=("prometheus", "cloudwatch"),
     )
 
 

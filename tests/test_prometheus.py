@@ -24,7 +24,10 @@ from .support import available_ids, client_for, initiate
 from .test_metrics import finished, wait_for_finished
 
 PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
-DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+# The staging edge dashboard reads staging's ALB (CloudWatch) and Cloudflare exporter: no local
+# stack has those (docs/monitoring-staging.md). Every other dashboard is queried live below.
+STAGING_ONLY = "dlkit-staging-edge.json"
+DASHBOARDS = sorted(p for p in (ROOT / "grafana" / "dashboards").glob("*.json") if p.name != STAGING_ONLY)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("promtool") is None or shutil.which("prometheus") is None,
@@ -78,9 +81,7 @@ def test_every_alert_has_its_conventions():
 
 
 def dashboard_expressions() -> list[tuple[str, str]]:
-    """(where, expr) of every Prometheus panel target of every dashboard, template variables as
-    Grafana sends them with "All" selected (`.*`). The staging edge dashboard's CloudWatch panels
-    have no Prometheus query: docs/monitoring-staging.md."""
+    """(where, expr) of every Prometheus panel target of every dashboard but the staging edge's."""
     found = []
     for path in DASHBOARDS:
         for panel in json.loads(path.read_text())["panels"]:
