@@ -2,7 +2,7 @@
 (infra/prometheus/alerts.yml, checked against this module by tests/test_dashboards.py) share.
 
 Fork the kit: change REPOSITORY_URL, run `python -m grafana.generate`, and replace the prefix of
-every runbook_url in alerts.yml (the test says which ones differ).
+every runbook_url in alerts.yml (tests/test_dashboards.py lists the ones that differ).
 """
 
 from __future__ import annotations

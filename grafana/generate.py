@@ -111,6 +111,7 @@ def single(title: str, unit: str, queries: list[Q], *, bad: Bad | None = None, d
         stat.Panel().title(title).description(description).datasource(PROMETHEUS).unit(unit)
         .targets(_targets(queries)).thresholds(_thresholds(bad)).links(_links(bad))
         .color_mode(common_model.BigValueColorMode.BACKGROUND)
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
     )
     if mappings:
         options = {value: model.ValueMappingResult(text=text, color=color, index=i)
