@@ -27,6 +27,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from botocore.exceptions import BotoCoreError, ClientError
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
@@ -176,6 +177,23 @@ class QueueCollector:
         ]
 
 
+class StorageCollector:
+    """dlkit_storage_up: the HEAD of the artifact bucket that GET /health makes, at scrape time (one
+    attempt, short timeouts: app/extensions.py), so an alert can say S3 is unreachable."""
+
+    def __init__(self, s3, bucket: str):
+        self.s3 = s3
+        self.bucket = bucket
+
+    def collect(self):
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+            up = 1
+        except (BotoCoreError, ClientError):
+            up = 0
+        yield GaugeMetricFamily("dlkit_storage_up", "1 when the API could reach the artifact bucket.", value=up)
+
+
 def _route() -> str:
     rule = request.url_rule
     return rule.rule if rule is not None else UNMATCHED
@@ -189,6 +207,7 @@ def metrics_view() -> Response:
     res = current_app.extensions["dlkit"]
     queue_state = CollectorRegistry()  # no auto_describe: registering must not read Redis twice
     queue_state.register(QueueCollector(res.redis, res.settings.QUEUE_NAME))
+    queue_state.register(StorageCollector(res.s3, res.settings.S3_BUCKET_NAME))
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         # A fresh registry per scrape: MultiProcessCollector reads every worker's files now.
         processes = CollectorRegistry()

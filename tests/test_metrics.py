@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import time
 
 import httpx
 import psutil
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
+from app.metrics import StorageCollector
+from dlkit.storage import s3_client
 
 from .support import available_ids, initiate
 
@@ -97,7 +101,7 @@ def test_names_follow_conventions_and_labels_are_bounded(stack, settings, alice)
                 assert all(s.name.endswith("_total") for s in family.samples), family.name
             if family.type == "histogram":
                 assert family.name.endswith(("_seconds", "_bytes")), f"{family.name}: histograms carry a base unit"
-            if "duration" in family.name or "age" in family.name or "wait" in family.name:
+            if {"duration", "age", "wait"} & set(family.name.split("_")):  # words: not the "age" of "storage"
                 assert family.name.endswith("_seconds"), family.name
             for sample in family.samples:
                 for label, label_value in sample.labels.items():
@@ -186,3 +190,18 @@ def test_metrics_are_not_rate_limited(stack):
             r = client.get(api_url(stack))
             assert r.status_code == 200
             assert "RateLimit-Remaining" not in r.headers  # the limiter does not count it
+
+
+def test_redis_and_storage_up_say_what_the_api_reaches(stack, settings):
+    # On the live stack both dependencies answer.
+    samples = scrape(api_url(stack))
+    assert value(samples, "dlkit_redis_up") == 1
+    assert value(samples, "dlkit_storage_up") == 1
+    # A store that refuses connections: the same HEAD bucket as /health, one attempt, reads 0.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{unused.getsockname()[1]}"  # bound, never listening: refused
+        down = s3_client(settings.model_copy(update={"S3_ENDPOINT": closed}), max_attempts=1)
+        registry = CollectorRegistry()
+        registry.register(StorageCollector(down, settings.S3_BUCKET_NAME))
+        assert b"dlkit_storage_up 0.0" in generate_latest(registry)
