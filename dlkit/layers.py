@@ -3,7 +3,7 @@
     client -> edge (Cloudflare) -> lb (AWS ALB) -> nginx -> gunicorn -> app
 
 Pure logic with no dependencies, so a Locust process or a client can import it without the
-config readers of dlkit.timeouts.
+config readers of dlkit.kit.timeouts.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 from redis import Redis
 
 from dlkit.settings import Settings
-from dlkit.stack import Stack, free_base_port
+from dlkit.kit.stack import Stack, free_base_port
 
 from .support import API_KEYS, client_for
 

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from dlkit.stack import Stack
+from dlkit.kit.stack import Stack
 
 API_KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
 TERMINAL = {"completed", "failed", "cancelled"}

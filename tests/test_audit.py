@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dlkit.cli import main
-from dlkit.timeouts import (ALB_MAIN, ALB_VARIABLES, CLOUDFLARE_VARIABLES, COMPOSE, FILES, GUNICORN_CONF, NGINX_CONF,
+from dlkit.kit.cli import main
+from dlkit.kit.timeouts import (ALB_MAIN, ALB_VARIABLES, CLOUDFLARE_VARIABLES, COMPOSE, FILES, GUNICORN_CONF, NGINX_CONF,
                             ROOT, SETTINGS, STAGING, Level, cut_share, read_chain)  # fmt: skip
 
 STAGING_MAIN = STAGING / "main.tf"

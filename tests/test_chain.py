@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from dlkit.chain import config_with_timeouts
+from dlkit.kit.chain import config_with_timeouts
 from dlkit.layers import layer_of
 
 from .conftest import start_stack

@@ -20,13 +20,13 @@ import pytest
 import yaml
 
 from dlkit.settings import Settings
-from dlkit.timeouts import ROOT
+from dlkit.kit.timeouts import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "infra" / "Dockerfile"
 TERRAFORM = ROOT / "infra" / "terraform"
 # checkov pins boto3 and packaging and ships bc-python-hcl2, which installs over the `hcl2` module
-# dlkit.timeouts reads Terraform with; so it lives in a venv of its own, built on first use.
+# dlkit.kit.timeouts reads Terraform with; so it lives in a venv of its own, built on first use.
 CHECKOV_VERSION = "3.3.30"
 CHECKOV_VENV = Path(sys.prefix) / "tools" / f"checkov-{CHECKOV_VERSION}"
 # Environment variables the API and the workers read besides Settings fields (dlkit/settings.py).

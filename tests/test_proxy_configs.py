@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dlkit import chain
+from dlkit.kit import chain
 from dlkit.layers import layer_of
-from dlkit.stack import nginx_binary
+from dlkit.kit.stack import nginx_binary
 
 PRODUCTION_VALUES = {
     "DLKIT_UPSTREAM": "127.0.0.1:8000",

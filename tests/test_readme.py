@@ -24,7 +24,7 @@ import psutil
 import pytest
 from matplotlib import image
 
-from dlkit.timeouts import ROOT
+from dlkit.kit.timeouts import ROOT
 
 pytestmark = pytest.mark.stack
 

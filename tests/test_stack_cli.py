@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dlkit.stack import ROOT, Stack, free_base_port, nginx_binary
+from dlkit.kit.stack import ROOT, Stack, free_base_port, nginx_binary
 
 pytestmark = pytest.mark.stack
 
@@ -25,7 +25,7 @@ TIME_SCALE = "0.02"
 def dlkit(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DLKIT_HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "dlkit.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", "dlkit.kit.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
     )
 
 

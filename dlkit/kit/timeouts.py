@@ -27,7 +27,7 @@ import yaml
 from hcl2.query import DocumentView
 from lark.exceptions import LarkError
 
-ROOT = Path(__file__).resolve().parent.parent
+from dlkit.kit import ROOT
 
 CLOUDFLARE_VARIABLES = Path("proxy/cloudflare/variables.tf")
 ALB_VARIABLES = Path("proxy/alb/variables.tf")

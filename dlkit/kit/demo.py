@@ -41,11 +41,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dlkit import accounting
-from dlkit.chain import FLOOR_S, config_with_timeouts
+from dlkit.kit import ROOT
+from dlkit.kit.chain import FLOOR_S, config_with_timeouts
+from dlkit.kit.stack import Stack, free_base_port
+from dlkit.kit.timeouts import Chain, cut_share, legacy_route_cuts, read_chain
 from dlkit.layers import LAYERS, TIMEOUT_STATUS
 from dlkit.settings import LONGEST_DOWNLOAD_S, Settings
-from dlkit.stack import Stack, free_base_port
-from dlkit.timeouts import ROOT, Chain, cut_share, legacy_route_cuts, read_chain
 
 LOADTESTS = ROOT / "loadtests"
 # RATE_LIMIT_MAX_REQUESTS for a stack the demo starts: each Locust user is one client to the
@@ -107,9 +108,9 @@ def expected_cut(chain: Chain, app_timeout_s: float, delays_s: tuple[float, floa
                  floor_s: float = FLOOR_S) -> dict[str, Any]:  # fmt: skip
     """Which layer cuts the legacy route first, at what (real) T, and the share it must cut.
 
-    The audit's reading (dlkit.timeouts.legacy_route_cuts) of the config files, with the app's
+    The audit's reading (dlkit.kit.timeouts.legacy_route_cuts) of the config files, with the app's
     timeout as the API really runs it (its environment) and, on the embedded stack, the local
-    chain's floor: no scaled proxy timeout goes below FLOOR_S (dlkit/chain.py).
+    chain's floor: no scaled proxy timeout goes below FLOOR_S (dlkit/kit/chain.py).
     """
 
     def effective_s(cut) -> float:
@@ -514,7 +515,7 @@ def run_layers(scale: float, workers: int, *, quick: bool, report: Path, api_key
 
     On a stack of its own (the one `dlkit up` started runs in another process, which cannot be
     re-rendered from here), at the demo's time scale, with copies of the chain's files in which the
-    other proxies wait LIFTED_S (dlkit.chain.config_with_timeouts); the app's REQUEST_TIMEOUT_MS is
+    other proxies wait LIFTED_S (dlkit.kit.chain.config_with_timeouts); the app's REQUEST_TIMEOUT_MS is
     lifted too, except when the app is the layer under test. The expected T and share come from
     those same copies, read by the audit's reader.
     """

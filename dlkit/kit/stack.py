@@ -3,7 +3,7 @@
 Every server comes from a pip wheel and runs under a mirakuru executor, which starts it in its own
 process group, waits until its readiness check passes and stops it by that group. A Stack must live
 in a long-running process (mirakuru kills what it started when its process exits): `dlkit up` keeps
-one in dlkit/supervisor.py; tests can also hold one in-process.
+one in dlkit/kit/supervisor.py; tests can also hold one in-process.
 
 Everything a stack writes lives under its home directory, and every port is a fixed offset from one
 base port, so two stacks with different homes and base ports run side by side.
@@ -38,14 +38,13 @@ from mirakuru import AlreadyRunning, Executor, HTTPExecutor, ProcessExitedWithEr
 from mirakuru.exceptions import ProcessFinishedWithError
 from rq import Worker
 
-from dlkit import chain as chain_module
+from dlkit.kit import ROOT
+from dlkit.kit import chain as chain_module
 from dlkit.settings import Settings
 from dlkit.storage import s3_client
 
 log = logging.getLogger(__name__)
 
-# The directory holding app/, worker/ and proxy/: the API and the workers run from here.
-ROOT = chain_module.ROOT
 
 # Prometheus (infra/prometheus): the local config template and the rules both deployments use.
 PROMETHEUS_DIR = ROOT / "infra" / "prometheus"

@@ -3,7 +3,7 @@
     client -> edge (Cloudflare-like) -> lb (ALB-like) -> nginx (proxy/nginx) -> gunicorn -> app
 
 The production files hold real values: proxy/nginx/dlkit.conf.template, the Cloudflare proxy read
-timeout (proxy/cloudflare) and the ALB idle timeout (proxy/alb), read by dlkit/timeouts.py, the
+timeout (proxy/cloudflare) and the ALB idle timeout (proxy/alb), read by dlkit/kit/timeouts.py, the
 same reader `dlkit audit` uses. The local stack renders copies in which every duration is multiplied
 by TIME_SCALE, so at 0.02 the whole chain keeps its proportions and runs in seconds.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from .timeouts import ALB_VARIABLES, CLOUDFLARE_VARIABLES, FILES, LEGACY_ROUTE, NGINX_CONF, ROOT, nginx_seconds, read_chain
 
-# The production server block is the file the audit reads (dlkit/timeouts.py).
+# The production server block is the file the audit reads (dlkit/kit/timeouts.py).
 NGINX_TEMPLATE = NGINX_CONF
 LOCAL_WRAPPER = Path("proxy/nginx/local.conf.template")
 EDGE_TEMPLATE = Path("proxy/emulation/edge.conf.template")
@@ -63,7 +63,7 @@ def scale_durations(conf: str, scale: float) -> str:
     """Multiply the value of every duration directive by `scale` (written in ms)."""
 
     def scaled(match: re.Match) -> str:
-        # The audit's own parser (dlkit/timeouts.py): compound values like 1m30s included, and each
+        # The audit's own parser (dlkit/kit/timeouts.py): compound values like 1m30s included, and each
         # of keepalive_timeout's two values (idle timeout, Keep-Alive header).
         # The second is read in whole seconds by nginx (no "ms").
         first, *header = (nginx_seconds(value) * scale for value in match["value"].split())

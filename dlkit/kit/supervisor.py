@@ -5,7 +5,7 @@ a process that outlives the `dlkit up` command: this one. It starts the stack, r
 HOME/state.json, tells its parent through a pipe whether the stack is ready, then waits for SIGTERM
 or SIGINT and stops exactly what it started.
 
-Run by `dlkit up`, not by hand: python -m dlkit.supervisor --home H --base-port P --ready-fd N ...
+Run by `dlkit up`, not by hand: python -m dlkit.kit.supervisor --home H --base-port P --ready-fd N ...
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any
 import mirakuru.base
 import psutil
 
-from dlkit.stack import ComponentError, Stack
+from dlkit.kit.stack import ComponentError, Stack
 
-log = logging.getLogger("dlkit.supervisor")
+log = logging.getLogger("dlkit.kit.supervisor")
 
 STATE_FILE = "state.json"
-MODULE = "dlkit.supervisor"  # as it appears in the supervisor's command line
+MODULE = "dlkit.kit.supervisor"  # as it appears in the supervisor's command line
 
 
 class _Shutdown(Exception):
@@ -96,7 +96,7 @@ def _tell_parent(ready_fd: int, message: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dlkit.supervisor")
+    parser = argparse.ArgumentParser(prog="python -m dlkit.kit.supervisor")
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--base-port", type=int, required=True)
     parser.add_argument("--time-scale", type=float, default=1.0)

@@ -28,9 +28,9 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from dlkit.stack import DEFAULT_BASE_PORT, check
-from dlkit.supervisor import MODULE, STATE_FILE, read_state, running_supervisor, same_process
-from dlkit.timeouts import ROOT
+from dlkit.kit.stack import DEFAULT_BASE_PORT, check
+from dlkit.kit.supervisor import MODULE, STATE_FILE, read_state, running_supervisor, same_process
+from dlkit.kit import ROOT
 
 UP_TIMEOUT_S = 180
 DOWN_TIMEOUT_S = 30
@@ -252,7 +252,7 @@ def _dlkit_at(entry: str) -> str | None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the stack if needed, run the Locust scenarios through the chain, print and write the report."""
-    from dlkit.demo import DEMO_RATE_LIMIT, run_demo
+    from dlkit.kit.demo import DEMO_RATE_LIMIT, run_demo
     from dlkit.settings import Settings
 
     if args.entry and (problem := _dlkit_at(args.entry)) is not None:
@@ -312,7 +312,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_against(args: argparse.Namespace, report: Path, api_key: str | None) -> int:
     """`dlkit demo --entry URL`: the same scenarios against a deployment that is already running."""
-    from dlkit.demo import run_demo
+    from dlkit.kit.demo import run_demo
 
     # The deployment's clock decides; it cannot be read from outside, so it is given.
     scale = args.time_scale if args.time_scale is not None else float(os.environ.get("TIME_SCALE", 1.0))
@@ -334,7 +334,7 @@ def _demo_against(args: argparse.Namespace, report: Path, api_key: str | None) -
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Check the timeout budget of the config files; no server is started."""
-    from dlkit.audit import run
+    from dlkit.kit.audit import run
 
     return run(args.root, args.json, console)
 

@@ -1,6 +1,6 @@
 """`dlkit audit`: check the timeout budget across Cloudflare, the ALB, nginx, gunicorn and the app.
 
-Reads the real config files (dlkit/timeouts.py) and reports findings, each with the numbers and the
+Reads the real config files (dlkit/kit/timeouts.py) and reports findings, each with the numbers and the
 file:line of every setting involved:
 
 - error: a setting that breaks requests that should work (keep-alive races, cut event streams, a
@@ -9,7 +9,7 @@ file:line of every setting involved:
 - expected: the legacy synchronous route being cut, which the kit keeps on purpose to reproduce the
   problem. It does not fail the audit.
 
-It also checks that the deployments run the audited files (dlkit.timeouts.read_deployment): the ALB
+It also checks that the deployments run the audited files (dlkit.kit.timeouts.read_deployment): the ALB
 health check asks /health, infra/terraform keeps proxy/alb's idle timeout (or the override is
 reported), docker-compose.yml serves proxy/nginx/dlkit.conf.template and sets no timeout variable
 that would change what was audited.
@@ -28,7 +28,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from dlkit.timeouts import (ALB_MODULE_SOURCE, COMPOSE, NGINX_CONF, NGINX_TEMPLATES_DIR, STAGING, Chain, ConfigError,
+from dlkit.kit.timeouts import (ALB_MODULE_SOURCE, COMPOSE, NGINX_CONF, NGINX_TEMPLATES_DIR, STAGING, Chain, ConfigError,
                             Deployment, LEGACY_ROUTE, Location, Setting, cut_share, is_sync_worker, legacy_route_cuts, read_chain,
                             read_deployment)  # fmt: skip
 
