@@ -1,7 +1,11 @@
 """Fixtures: one real embedded stack per test session (Valkey, SeaweedFS, RQ workers, gunicorn,
-nginx on 127.0.0.1), clients that talk to it through nginx, and helpers to wait on jobs.
+nginx on 127.0.0.1), clients that talk to it through nginx, and helpers to wait on jobs; and a
+Valkey of its own for the tests that need Redis and nothing else.
 
 TIME_SCALE 0.02 makes a 10-120 s download take 0.2-2.4 s with the same proportions.
+
+Tiers: every test that uses a stack fixture is marked `stack` here, so `pytest -m "not stack and
+not slow"` (make test-fast) runs the pure-logic and single-server tests in seconds.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import httpx
 import pytest
 from redis import Redis
 
+from dlkit.kit.stack import Stack, free_base_port, valkey_binary
 from dlkit.settings import Settings
-from dlkit.kit.stack import Stack, free_base_port
 
 from .support import API_KEYS, client_for
 
@@ -26,6 +30,33 @@ STACK_ENV = {
     # Scaled clients poll every 0.1 s: the per-client limit is tested on its own (test_service.py).
     "RATE_LIMIT_MAX_REQUESTS": "100000",
 }
+
+
+# Fixtures that start a whole embedded stack. `fixturenames` is the closure of what a test uses, so a
+# test that asks for `alice` (a client of the session stack) is a stack test too.
+STACK_FIXTURES = {"stack", "slow", "chain"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if STACK_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.stack)
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory):
+    """A Valkey server of its own (no stack), for tests that need Redis and nothing else."""
+    from mirakuru import TCPExecutor
+
+    port = free_base_port(span=1)
+    data = tmp_path_factory.mktemp("valkey")
+    server = TCPExecutor([valkey_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+                          "--save", "", "--appendonly", "no"], host="127.0.0.1", port=port, timeout=15)  # fmt: skip
+    server.start()
+    client = Redis(port=port)
+    yield client
+    client.close()
+    server.stop()
 
 
 def start_stack(home: Path, workers: int = 2, **env: str) -> Stack:

@@ -23,6 +23,8 @@ from dlkit.layers import layer_of
 from .conftest import start_stack
 from .support import available_ids, initiate, poll
 
+pytestmark = pytest.mark.stack  # some tests start stacks of their own
+
 def config_copy(root: Path, edge: int, lb: int, nginx_start: int) -> Path:
     """Copies of the production files with the edge read timeout, the LB idle timeout and nginx's
     read timeout for the legacy `start` route set to these (real, unscaled) seconds."""

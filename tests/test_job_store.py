@@ -1,4 +1,5 @@
-"""The job store against the stack's real Valkey: forward-only states, TTLs, the watchdog, listing."""
+"""The job store against a real Valkey (of its own, no stack): forward-only states, TTLs, the watchdog,
+listing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from dlkit.jobs import JobStatus, JobStore, job_key, owner_index_key
 
 def no_enqueue(pipe, job_id):
     pass
+
+
+@pytest.fixture
+def redis(valkey):
+    """This module's Redis: the tests' own Valkey, wiped per test (rq's tests do the same)."""
+    valkey.flushdb()
+    return valkey
 
 
 @pytest.fixture
