@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean prometheus
+.PHONY: demo test clean prometheus chromium
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,22 @@ prometheus:
 	       "the stack runs without it and the Prometheus tests are skipped"; \
 	fi
 
+# Chromium from the OS package for the browser tests (tests/test_ui.py drive it with Playwright;
+# Playwright's own browser download is not used). Same rule as above: apt-get where root, else skipped.
+chromium:
+	@if command -v chromium >/dev/null; then \
+	  :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends chromium; \
+	else \
+	  echo "chromium: not installed and cannot be installed here (needs apt-get and root):" \
+	       "the browser tests are skipped"; \
+	fi
+
 demo: $(BIN)/.installed prometheus
 	$(BIN)/dlkit demo
 
-test: $(BIN)/.installed prometheus
+test: $(BIN)/.installed prometheus chromium
 	$(BIN)/pytest
 
 clean:
