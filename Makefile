@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean prometheus
+.PHONY: demo test test-fast clean prometheus chromium
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +28,29 @@ prometheus:
 	       "the stack runs without it and the Prometheus tests are skipped"; \
 	fi
 
+# Chromium from the OS package for the browser tests (tests/test_ui.py drive it with Playwright;
+# Playwright's own browser download is not used). Same rule as above: apt-get where root, else skipped.
+chromium:
+	@if command -v chromium >/dev/null; then \
+	  :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends chromium; \
+	else \
+	  echo "chromium: not installed and cannot be installed here (needs apt-get and root):" \
+	       "the browser tests are skipped"; \
+	fi
+
 # `make demo QUICK=1`: the same story at time scale 0.02, in under 4 minutes.
 demo: $(BIN)/.installed prometheus
 	$(BIN)/dlkit demo $(if $(QUICK),--quick)
 
-test: $(BIN)/.installed prometheus
+test: $(BIN)/.installed prometheus chromium
 	$(BIN)/pytest
+
+# The edit-test loop: lint, then the pure-logic and single-server tests (no stack), in under a minute.
+test-fast: $(BIN)/.installed prometheus
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "not stack and not slow"
 
 clean:
 	rm -rf $(VENV) .dlkit .pytest_cache

@@ -8,7 +8,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dlkit.settings import Settings
 
-from . import http, metrics
+from . import http, metrics, ui
 from .extensions import Resources, connect_redis, make_limiter
 from .problems import register_error_handlers, validation_problem
 from .routes import jobs, legacy, service
@@ -42,9 +42,12 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
          allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"])
     register_error_handlers(app)
 
-    # Health checks from load balancers and the docs are never rate limited.
+    # Health checks from load balancers and the docs are never rate limited; nor are the page's
+    # static files (app/ui.py), so a rate-limited user still gets the page that explains the 429.
     limiter.exempt(service.bp)
+    limiter.exempt(ui.bp)
     app.register_api(service.bp)
     app.register_api(legacy.bp)
     app.register_api(jobs.bp)
+    app.register_blueprint(ui.bp)
     return app
