@@ -17,7 +17,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from dlkit.kit.stack import Stack, free_base_port, valkey_binary
+from dlkit.kit.recipes import valkey_binary
+from dlkit.kit.stack import Stack, free_base_port
 from dlkit.settings import Settings
 
 from .support import API_KEYS, client_for

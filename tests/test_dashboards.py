@@ -13,7 +13,7 @@ import tomllib
 import pytest
 import yaml
 
-from dlkit.kit.stack import ROOT
+from dlkit.kit import ROOT
 from grafana import config, generate
 
 DASHBOARDS_DIR = ROOT / "grafana" / "dashboards"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dlkit.kit.stack import ROOT
+from dlkit.kit import ROOT
 
 from .conftest import TIME_SCALE
 from .support import API_KEYS

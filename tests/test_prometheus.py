@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from dlkit.kit.stack import ROOT
+from dlkit.kit import ROOT
 from grafana import config
 
 from .support import available_ids, client_for, initiate

@@ -11,7 +11,7 @@ import pytest
 
 from dlkit.kit import chain
 from dlkit.layers import layer_of
-from dlkit.kit.stack import nginx_binary
+from dlkit.kit.recipes import nginx_binary
 
 PRODUCTION_VALUES = {
     "DLKIT_UPSTREAM": "127.0.0.1:8000",

@@ -15,7 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dlkit.kit.stack import ROOT, Stack, free_base_port, nginx_binary
+from dlkit.kit import ROOT
+from dlkit.kit.recipes import nginx_binary
+from dlkit.kit.stack import Stack, free_base_port
 
 pytestmark = pytest.mark.stack
 

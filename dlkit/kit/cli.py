@@ -28,8 +28,9 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from dlkit.kit.stack import DEFAULT_BASE_PORT, check
-from dlkit.kit.supervisor import MODULE, STATE_FILE, read_state, running_supervisor, same_process
+from dlkit.kit.probes import check, same_process
+from dlkit.kit.stack import DEFAULT_BASE_PORT
+from dlkit.kit.supervisor import MODULE, STATE_FILE, read_state, running_supervisor
 from dlkit.kit import ROOT
 
 UP_TIMEOUT_S = 180

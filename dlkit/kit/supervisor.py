@@ -2,8 +2,9 @@
 
 mirakuru stops the servers it started when the process that started them exits, so the stack needs
 a process that outlives the `dlkit up` command: this one. It starts the stack, records it in
-HOME/state.json, tells its parent through a pipe whether the stack is ready, then waits for SIGTERM
-or SIGINT and stops exactly what it started.
+HOME/state.json, tells its parent through a pipe whether the stack is ready, then supervises it:
+a server that dies is started again (with backoff, dlkit/kit/component.py) and state.json updated.
+On SIGTERM or SIGINT it stops exactly what it started.
 
 Run by `dlkit up`, not by hand: python -m dlkit.kit.supervisor --home H --base-port P --ready-fd N ...
 """
@@ -17,17 +18,22 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import mirakuru.base
 import psutil
 
-from dlkit.kit.stack import ComponentError, Stack
+from dlkit.kit.component import ComponentError
+from dlkit.kit.probes import same_process
+from dlkit.kit.stack import Stack
 
 log = logging.getLogger("dlkit.kit.supervisor")
 
 STATE_FILE = "state.json"
+# How often the supervisor looks for dead servers: `dlkit status` is right within about this long.
+SUPERVISE_EVERY_S = 0.5
 MODULE = "dlkit.kit.supervisor"  # as it appears in the supervisor's command line
 
 
@@ -48,19 +54,6 @@ def write_state(home: Path, state: dict[str, Any]) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(state, indent=2))
     temporary.replace(path)
-
-
-def same_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
-    """The live process `pid` if it is the one recorded (same start time), not a reused pid."""
-    if pid is None or create_time is None:
-        return None
-    try:
-        process = psutil.Process(pid)
-        if abs(process.create_time() - create_time) < 0.01:
-            return process
-    except psutil.NoSuchProcess:
-        pass
-    return None
 
 
 def running_supervisor(state: dict[str, Any]) -> psutil.Process | None:
@@ -129,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         _tell_parent(args.ready_fd, {"ready": True})
         log.info("stack ready at %s", stack.entry)
         while True:
-            signal.pause()
+            if stack.supervise():
+                write_state(home, {"supervisor": {"pid": me.pid, "create_time": me.create_time()}, **stack.describe()})
+            time.sleep(SUPERVISE_EVERY_S)
     except _Shutdown as reason:
         log.info("%s received, stopping the stack", reason)
         return 0
