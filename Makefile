@@ -12,15 +12,16 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 # Prometheus and promtool from the OS package, where there is apt and we are root: non-interactive,
-# and with a policy-rc.d that forbids starting the packaged service (dlkit runs its own).
+# and with a policy-rc.d that forbids starting the packaged services (dlkit runs its own).
+# prometheus-alertmanager brings amtool, which checks infra/alertmanager (tests/test_compose_alerting.py).
 # Elsewhere it is skipped, and so are the Prometheus parts of the stack and of the tests.
 prometheus:
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then \
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null; then \
 	  :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  policy=/usr/sbin/policy-rc.d; added=; \
 	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod +x $$policy; added=1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends prometheus prometheus-alertmanager; \
 	  status=$$?; [ -n "$$added" ] && rm -f $$policy; \
 	  exit $$status; \
 	else \

@@ -6,9 +6,12 @@ Works with any S3-compatible store: SeaweedFS in the embedded stack, MinIO in co
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from contextlib import closing
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from .settings import Settings
 
@@ -122,3 +125,27 @@ class MultipartUpload:
         if self.upload_id is not None and not self._closed:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
         self._closed = True
+
+
+def ensure_bucket(env: Mapping[str, str], attempts: int = 3, round_trip: bool = False) -> None:
+    """Create the bucket named in `env` (the S3_* settings) unless it exists; with `round_trip`, also write, read back
+    and delete a tiny object to prove the store accepts data. Raises botocore errors."""
+    client = s3_client(Settings.from_env(env), max_attempts=attempts)
+    bucket = env["S3_BUCKET_NAME"]
+    # Closed explicitly: this runs in readiness loops, and each client holds a connection pool.
+    with closing(client):
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as error:
+            if error.response["Error"]["Code"] not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+            try:
+                client.create_bucket(Bucket=bucket)
+            except ClientError as race:
+                if race.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+                    raise
+        if round_trip:
+            key = ".dlkit-ready"
+            client.put_object(Bucket=bucket, Key=key, Body=b"ok")
+            client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            client.delete_object(Bucket=bucket, Key=key)

@@ -20,6 +20,7 @@ Exit status: 0 when nothing is an error or a warning, 1 otherwise, 2 when a conf
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -28,9 +29,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from dlkit.kit.timeouts import (ALB_MODULE_SOURCE, COMPOSE, NGINX_CONF, NGINX_TEMPLATES_DIR, STAGING, Chain, ConfigError,
-                            Deployment, LEGACY_ROUTE, Location, Setting, cut_share, is_sync_worker, legacy_route_cuts, read_chain,
-                            read_deployment)  # fmt: skip
+from dlkit.kit.timeouts import (ALB_MODULE_SOURCE, CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S, COMPOSE, LEGACY_ROUTE,
+                                NGINX_CONF, NGINX_TEMPLATES_DIR, STAGING, Chain, ConfigError, Deployment, Location,
+                                Setting, cut_share, is_sync_worker, legacy_route_cuts, read_chain, read_deployment)  # fmt: skip
 
 LEGACY = LEGACY_ROUTE
 STATUS = "/v1/download/status/"
@@ -59,6 +60,7 @@ def audit(chain: Chain, deployment: Deployment | None = None) -> list[Finding]:
         *_event_stream(chain),
         *_status_polls(chain),
         *_gunicorn_timeout(chain),
+        *_cloudflare_plan(chain),
         *(_deployment(chain, deployment) if deployment is not None else []),
     ]
 
@@ -90,6 +92,11 @@ def _legacy_route(chain: Chain) -> list[Finding]:
     first, *others = legacy_route_cuts(chain)
     rest = ", ".join(f"{cut.label} {cut.setting.seconds:g} s: {cut_share(cut.setting.seconds, low, high):.1%}"
                      for cut in others)  # fmt: skip
+    edge = chain.edge_read_timeout.seconds
+    if edge in CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S:
+        # Cloudflare documents both defaults: say what the other would cut too.
+        other = next(d for d in CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S if d != edge)
+        rest += f" (or {other:g} s, Cloudflare's other documented default: {cut_share(other, low, high):.1%})"
     message = (f"POST /v1/download/start: {first.label} cuts first at {first.setting.seconds:g} s, "
                f"{cut_share(first.setting.seconds, low, high):.1%} of {low:g}-{high:g} s downloads ({rest}). "
                "Kept broken on purpose to reproduce the problem: use initiate + status")  # fmt: skip
@@ -155,6 +162,20 @@ def _status_polls(chain: Chain) -> list[Finding]:
         (_where(read, location), interval.where))]  # fmt: skip
 
 
+def _cloudflare_plan(chain: Chain) -> list[Finding]:
+    # Every check above takes the edge at proxy/cloudflare's value. Only an Enterprise zone runs
+    # another value than Cloudflare's default, and the module writes it only there (enterprise = true).
+    edge = chain.edge_read_timeout
+    if edge.seconds in CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S:
+        return []
+    defaults = " or ".join(f"{d:g} s" for d in CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S)
+    return [Finding("cloudflare-plan", Severity.WARNING,
+        f"Cloudflare proxy_read_timeout {edge.seconds:g} s is not one of Cloudflare's documented defaults "
+        f"({defaults}): only an Enterprise zone can run it (proxy/cloudflare writes it only with enterprise = "
+        "true); any other zone keeps the default, and the chain clients meet is not the one audited",
+        (edge.where,))]  # fmt: skip
+
+
 def _gunicorn_timeout(chain: Chain) -> list[Finding]:
     # Only sync workers: gthread workers heartbeat from their main loop, not from the request thread,
     # so `timeout` never cuts a long request there. Reporting it for gthread would be false.
@@ -208,10 +229,18 @@ def _deployment(chain: Chain, deployment: Deployment) -> list[Finding]:
                 f"no service in {COMPOSE} mounts {NGINX_CONF} into {NGINX_TEMPLATES_DIR}: nginx in compose does "
                 "not run the audited config", (str(COMPOSE),)))  # fmt: skip
     for env in deployment.compose_timeout_env:
+        if _production_scale(env.value):
+            continue
         findings.append(Finding("compose-timeout-env", Severity.WARNING,
             f"{COMPOSE} sets {env.value}: the stack then runs with a value the audit did not check (nginx in "
             "compose is not scaled either); change the default in its file instead", (env.where,)))  # fmt: skip
     return findings
+
+
+def _production_scale(assignment: str) -> bool:
+    """TIME_SCALE passed through from the environment with 1 as its default runs the audited values."""
+    name, _, value = assignment.partition("=")
+    return name == "TIME_SCALE" and re.fullmatch(r"(\$\{TIME_SCALE:?-)?1(\.0*)?\}?", value) is not None
 
 
 def to_json(findings: list[Finding]) -> dict:

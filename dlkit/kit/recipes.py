@@ -21,7 +21,6 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,7 @@ from dlkit.kit import ROOT
 from dlkit.kit import chain as chain_module
 from dlkit.kit.component import HOST, Component, ComponentError, ReadyWhen
 from dlkit.kit.probes import redis_pings, tcp_answers, worker_registered
-from dlkit.settings import Settings
-from dlkit.storage import s3_client
+from dlkit.storage import ensure_bucket
 
 log = logging.getLogger(__name__)
 
@@ -135,30 +133,6 @@ def s3_credentials(home: Path) -> tuple[str, str]:
             json.dump(config, file, indent=2)
     credentials = json.loads(path.read_text())["identities"][0]["credentials"][0]
     return credentials["accessKey"], credentials["secretKey"]
-
-
-def ensure_bucket(env: dict[str, str], attempts: int = 3, round_trip: bool = False) -> None:
-    """Create the bucket named in `env` unless it exists; with `round_trip`, also write, read back
-    and delete a tiny object to prove the store accepts data. Raises botocore errors."""
-    client = s3_client(Settings.from_env(env), max_attempts=attempts)
-    bucket = env["S3_BUCKET_NAME"]
-    # Closed explicitly: this runs in readiness loops, and each client holds a connection pool.
-    with closing(client):
-        try:
-            client.head_bucket(Bucket=bucket)
-        except ClientError as error:
-            if error.response["Error"]["Code"] not in ("404", "NoSuchBucket", "NotFound"):
-                raise
-            try:
-                client.create_bucket(Bucket=bucket)
-            except ClientError as race:
-                if race.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
-                    raise
-        if round_trip:
-            key = ".dlkit-ready"
-            client.put_object(Bucket=bucket, Key=key, Body=b"ok")
-            client.get_object(Bucket=bucket, Key=key)["Body"].read()
-            client.delete_object(Bucket=bucket, Key=key)
 
 
 # --- the recipes ---------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from dlkit.kit import ROOT, recipes
 from dlkit.kit.component import HOST, Component, ComponentError
-from dlkit.kit.recipes import Site, ensure_bucket, prometheus_binary, s3_credentials
+from dlkit.kit.recipes import Site, prometheus_binary, s3_credentials
+from dlkit.storage import ensure_bucket
 
 log = logging.getLogger(__name__)
 

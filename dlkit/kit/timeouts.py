@@ -51,6 +51,11 @@ TIMEOUT_ENV = ("REQUEST_TIMEOUT_MS", "POLL_INTERVAL_S", "SSE_HEARTBEAT_S", "DOWN
                "DOWNLOAD_DELAY_MAX_MS", "GUNICORN_WORKER_CLASS", "GUNICORN_KEEPALIVE_S", "GUNICORN_TIMEOUT_S",
                "TIME_SCALE")  # fmt: skip
 
+# Cloudflare's default Proxy Read Timeout, which every zone but an Enterprise one keeps (only
+# Enterprise can change it): 100 s in its long-standing documentation, 125 s on the newer pages.
+# proxy/cloudflare writes its value only with enterprise = true, and records one of these otherwise.
+CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S = (100.0, 125.0)
+
 # nginx's documented defaults for what the template may leave out.
 NGINX_PROXY_TIMEOUT_DEFAULT_S = 60.0  # proxy_connect/send/read_timeout
 NGINX_KEEPALIVE_TIMEOUT_DEFAULT_S = 75.0  # keepalive_timeout in http/server/location

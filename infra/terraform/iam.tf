@@ -11,7 +11,8 @@ data "aws_iam_policy_document" "ecs_tasks_assume" {
   }
 }
 
-# Execution role: what ECS itself needs to start a task (pull the image, write logs, read REDIS_URL).
+# Execution role: what ECS itself needs to start a task (pull the image, write logs, read REDIS_URL
+# and API_KEYS).
 resource "aws_iam_role" "execution" {
   name_prefix        = "${local.name}-exec-"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
@@ -25,7 +26,7 @@ resource "aws_iam_role_policy_attachment" "execution" {
 data "aws_iam_policy_document" "execution_secrets" {
   statement {
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.redis_url.arn]
+    resources = [aws_secretsmanager_secret.redis_url.arn, aws_secretsmanager_secret.api_keys.arn]
   }
 }
 
@@ -62,7 +63,8 @@ resource "aws_iam_role_policy" "api" {
 }
 
 # Workers: stream artifacts in (PutObject covers CreateMultipartUpload, UploadPart and
-# CompleteMultipartUpload) and abort a cancelled upload.
+# CompleteMultipartUpload), abort a cancelled upload, and delete an artifact whose job was
+# cancelled while its last part was stored (worker/tasks.py).
 resource "aws_iam_role" "worker" {
   name_prefix        = "${local.name}-worker-"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
@@ -71,7 +73,7 @@ resource "aws_iam_role" "worker" {
 data "aws_iam_policy_document" "worker" {
   statement {
     sid       = "WriteArtifacts"
-    actions   = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+    actions   = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts", "s3:DeleteObject"]
     resources = ["${aws_s3_bucket.artifacts.arn}/downloads/*"]
   }
 }
@@ -122,8 +124,10 @@ resource "aws_iam_role" "scheduler" {
 
 data "aws_iam_policy_document" "scheduler" {
   statement {
-    actions   = ["ecs:RunTask"]
-    resources = [trimsuffix(aws_ecs_task_definition.queue_depth.arn, ":${aws_ecs_task_definition.queue_depth.revision}")]
+    actions = ["ecs:RunTask"]
+    # IAM matches RunTask on a task definition ARN with its revision: `family:*` lets every
+    # revision run (the schedule always starts the latest), a bare family ARN matches none.
+    resources = ["${aws_ecs_task_definition.queue_depth.arn_without_revision}:*"]
     condition {
       test     = "ArnEquals"
       variable = "ecs:cluster"

@@ -161,12 +161,14 @@ resource "aws_wafv2_web_acl_association" "alb" {
   web_acl_arn  = aws_wafv2_web_acl.alb.arn
 }
 
-# Cloudflare: no caching of the API and the zone's Proxy Read Timeout (100 s, the module default
-# the audit reads), and the proxied name pointing at the ALB.
+# Cloudflare: no caching of the API, and the proxied name pointing at the ALB. Only an Enterprise
+# zone can change its Proxy Read Timeout: other plans keep Cloudflare's default (100 s, documented
+# as 125 s lately), and `dlkit audit` checks the chain against both.
 module "cloudflare" {
   source = "../../proxy/cloudflare"
 
-  zone_id = var.cloudflare_zone_id
+  zone_id    = var.cloudflare_zone_id
+  enterprise = var.cloudflare_enterprise
 }
 
 resource "cloudflare_dns_record" "api" {

@@ -17,7 +17,8 @@ resource "aws_cloudwatch_log_group" "app" {
 locals {
   # Settings the API and the workers share (dlkit/settings.py). No timeout is set here: the app,
   # gunicorn and nginx use the values in their files, which `dlkit audit` checks. S3 credentials
-  # come from the task role; REDIS_URL (with the auth token) from Secrets Manager.
+  # come from the task role; REDIS_URL (with the auth token) from Secrets Manager, and for the API
+  # API_KEYS too: staging is public, so no caller is anonymous.
   app_environment = [
     { name = "S3_REGION", value = var.region },
     { name = "S3_BUCKET_NAME", value = aws_s3_bucket.artifacts.bucket },
@@ -65,7 +66,8 @@ resource "aws_ecs_task_definition" "api" {
       portMappings = [{ containerPort = 8080, protocol = "tcp" }]
       environment = [
         { name = "DLKIT_UPSTREAM", value = "127.0.0.1:8000" },
-        # The ALB's addresses: nginx takes the client address from X-Forwarded-For only from them.
+        # The ALB's addresses (the VPC): nginx takes the client address from the CF-Connecting-IP
+        # header only from them. The ALB answers only Cloudflare (main.tf), which sets the header.
         { name = "DLKIT_TRUSTED_PROXIES", value = var.vpc_cidr },
       ]
       dependsOn        = [{ containerName = "api", condition = "HEALTHY" }]
@@ -77,7 +79,7 @@ resource "aws_ecs_task_definition" "api" {
       essential    = true
       portMappings = [{ containerPort = 8000, protocol = "tcp" }]
       environment  = local.app_environment
-      secrets      = local.app_secrets
+      secrets      = concat(local.app_secrets, [{ name = "API_KEYS", valueFrom = aws_secretsmanager_secret.api_keys.arn }])
 
       readonlyRootFilesystem = true
       mountPoints            = [{ sourceVolume = "tmp", containerPath = "/tmp" }]
@@ -111,6 +113,12 @@ resource "aws_ecs_service" "api" {
     container_name   = "nginx"
     container_port   = 8080
   }
+  # The ALB's first health checks wait for nginx, gunicorn and their own start periods.
+  health_check_grace_period_seconds = 60
+
+  # ECS refuses a target group that no listener uses yet: on the first apply the service must
+  # wait for the ALB's listeners, which only the module knows.
+  depends_on = [module.alb]
 
   # A failed rollout goes back to the last version that passed its health checks.
   deployment_circuit_breaker {
@@ -238,8 +246,8 @@ resource "aws_vpc_security_group_egress_rule" "tasks_redis" {
 
 # Worker autoscaling on queue depth. CloudWatch cannot read Redis, so a small scheduled task
 # (the same image, every minute) reads the RQ queue length and publishes it as dlkit/QueueDepth:
-# the same number the API's /metrics exports as dlkit_jobs{status="queued"}. If it stops, the
-# metric goes missing, no alarm fires, and the worker count stays where it is.
+# the same number the API's /metrics exports as dlkit_jobs{status="queued"}. The scaling alarms
+# cannot tell a stopped publisher from a quiet queue, so queue_depth_missing alarms on it.
 locals {
   queue_depth_script = <<-PY
     import boto3
@@ -383,4 +391,22 @@ resource "aws_cloudwatch_metric_alarm" "queue_empty" {
   threshold           = 0
   treat_missing_data  = "missing"
   alarm_actions       = [aws_appautoscaling_policy.worker_in.arn]
+}
+
+# The publisher stopped (the schedule, its role or the task failing): without this the scaling
+# alarms sit in INSUFFICIENT_DATA and the worker count silently freezes. Missing is breaching here.
+resource "aws_cloudwatch_metric_alarm" "queue_depth_missing" {
+  alarm_name          = "${local.name}-queue-depth-missing"
+  alarm_description   = "No dlkit/QueueDepth datapoint for 5 minutes: the queue-depth task is not running, so worker autoscaling is blind. Check the ${aws_scheduler_schedule.queue_depth.name} schedule and the task's logs."
+  namespace           = "dlkit"
+  metric_name         = "QueueDepth"
+  dimensions          = { Environment = var.environment }
+  statistic           = "SampleCount"
+  period              = 60
+  evaluation_periods  = 5
+  comparison_operator = "LessThanThreshold"
+  threshold           = 1
+  treat_missing_data  = "breaching"
+  alarm_actions       = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+  ok_actions          = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
 }

@@ -53,6 +53,9 @@ resource "aws_elasticache_replication_group" "redis" {
   at_rest_encryption_enabled = true
   transit_encryption_enabled = true
   auth_token                 = random_password.redis_auth.result
+  # AWS provider v6 wants the strategy with every token. ROTATE keeps the old token valid next to
+  # a new one, so running tasks stay connected until they restart with the new REDIS_URL.
+  auth_token_update_strategy = "ROTATE"
 
   # Job records live a day (JOB_TTL_S); a daily snapshot is enough to survive losing both nodes.
   snapshot_retention_limit = 1
@@ -69,6 +72,29 @@ resource "aws_secretsmanager_secret" "redis_url" {
 resource "aws_secretsmanager_secret_version" "redis_url" {
   secret_id     = aws_secretsmanager_secret.redis_url.id
   secret_string = "rediss://:${random_password.redis_auth.result}@${aws_elasticache_replication_group.redis.primary_endpoint_address}:6379/0"
+}
+
+# API keys: staging is public, so every caller needs one (app/auth.py); without API_KEYS every
+# visitor would be the one anonymous tenant and could list and fetch every artifact. One random
+# key per name in api_clients, in Secrets Manager as API_KEYS ("key:name,key:name"); read them
+# with `terraform output -json api_keys`.
+resource "random_password" "api_key" {
+  for_each = toset(var.api_clients)
+
+  length  = 40
+  special = false
+}
+
+resource "aws_secretsmanager_secret" "api_keys" {
+  #checkov:skip=CKV_AWS_149: encrypted with the AWS-managed key; the execution role reads it, nothing else
+  #checkov:skip=CKV2_AWS_57: keys are rotated by tainting random_password.api_key and applying; clients must get the new key anyway
+  name_prefix = "${local.name}-api-keys-"
+  description = "API_KEYS of dlkit ${var.environment}: key:user pairs the API accepts as Bearer tokens"
+}
+
+resource "aws_secretsmanager_secret_version" "api_keys" {
+  secret_id     = aws_secretsmanager_secret.api_keys.id
+  secret_string = join(",", [for client in var.api_clients : "${random_password.api_key[client].result}:${client}"])
 }
 
 # Artifacts: zip files written by the workers under downloads/, read by clients through

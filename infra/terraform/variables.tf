@@ -36,6 +36,23 @@ variable "cloudflare_zone_id" {
   description = "ID of the Cloudflare zone that holds hostname."
 }
 
+variable "cloudflare_enterprise" {
+  type        = bool
+  description = "Whether the Cloudflare zone is on an Enterprise plan, the only plan that can change the Proxy Read Timeout. Otherwise the zone keeps Cloudflare's default (100 s; documented as 125 s lately)."
+  default     = false
+}
+
+variable "api_clients" {
+  type        = list(string)
+  description = "Names of the API's callers: each gets a random API key (terraform output -json api_keys), stored with the others as API_KEYS in Secrets Manager. Staging is public, so there is no anonymous access."
+  default     = ["staging"]
+
+  validation {
+    condition     = length(var.api_clients) > 0 && alltrue([for c in var.api_clients : can(regex("^[A-Za-z0-9_.-]+$", c))])
+    error_message = "api_clients needs at least one name of letters, digits, '.', '_' or '-' (no ':' or ',': they separate API_KEYS)."
+  }
+}
+
 variable "certificate_arn" {
   type        = string
   description = "ARN of an ACM certificate in region valid for hostname: Cloudflare connects to the ALB over HTTPS (SSL mode Full (strict))."

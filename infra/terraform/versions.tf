@@ -17,13 +17,9 @@ terraform {
     }
   }
 
-  # Keep the state remote and locked; it holds the Redis URL. Fill in and `terraform init`:
-  # backend "s3" {
-  #   bucket       = "my-terraform-state"
-  #   key          = "dlkit/staging.tfstate"
-  #   region       = "eu-west-1"
-  #   use_lockfile = true
-  # }
+  # Remote and locked: the state holds the Redis URL and the API keys. Its settings are in
+  # backend.hcl (from backend.hcl.example): `terraform init -backend-config=backend.hcl`.
+  backend "s3" {}
 }
 
 provider "aws" {

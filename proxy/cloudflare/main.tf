@@ -32,11 +32,27 @@ resource "cloudflare_ruleset" "cache_settings" {
   ]
 }
 
-# The time Cloudflare waits between two reads from the origin before answering 524.
+# Cloudflare's default Proxy Read Timeout, in seconds, as its documentation has stated it: 100,
+# and 125 on the newer pages. dlkit/kit/timeouts.py knows the same two values.
+locals {
+  default_proxy_read_timeouts = [100, 125]
+}
+
+# The time Cloudflare waits between two reads from the origin before answering 524. Enterprise
+# only: on any other plan the API refuses the change (the setting reports editable = false).
 resource "cloudflare_zone_setting" "proxy_read_timeout" {
-  count = var.manage_proxy_read_timeout ? 1 : 0
+  count = var.enterprise ? 1 : 0
 
   zone_id    = var.zone_id
   setting_id = "proxy_read_timeout"
   value      = var.proxy_read_timeout
+}
+
+# Outside Enterprise the zone runs Cloudflare's default whatever proxy_read_timeout says: warn
+# when the value recorded for the audit cannot be the one clients meet.
+check "proxy_read_timeout_needs_enterprise" {
+  assert {
+    condition     = var.enterprise || contains(local.default_proxy_read_timeouts, var.proxy_read_timeout)
+    error_message = "proxy_read_timeout = ${var.proxy_read_timeout} takes effect only with enterprise = true; this zone keeps Cloudflare's default (100 s or 125 s)."
+  }
 }

@@ -5,7 +5,7 @@ variable "zone_id" {
 
 variable "proxy_read_timeout" {
   type        = number
-  description = "Cloudflare's Proxy Read Timeout in seconds: when the origin sends nothing for this long, Cloudflare answers 524 to the client. The documented default is 100 s; values above 100 need an Enterprise plan (up to 6000). Keep long work off the request path (initiate + status) rather than raising it."
+  description = "Cloudflare's Proxy Read Timeout in seconds: when the origin sends nothing for this long, Cloudflare answers 524 to the client. Only an Enterprise zone can change it (up to 6000; see enterprise); any other zone keeps Cloudflare's default, documented as 100 s and, more recently, 125 s. Keep long work off the request path (initiate + status) rather than raising it."
   default     = 100
 
   validation {
@@ -14,10 +14,10 @@ variable "proxy_read_timeout" {
   }
 }
 
-variable "manage_proxy_read_timeout" {
+variable "enterprise" {
   type        = bool
-  description = "Whether to write proxy_read_timeout to the zone. Set false where the plan does not let you change it (the setting then reports editable = false): the zone keeps Cloudflare's default and proxy_read_timeout only records the value `dlkit audit` assumes."
-  default     = true
+  description = "Whether the zone is on an Enterprise plan, the only plan whose Proxy Read Timeout can be changed. When false (the default) the module leaves the setting alone: the zone keeps Cloudflare's default (100 s, documented as 125 s lately) and proxy_read_timeout only records the value `dlkit audit` assumes."
+  default     = false
 }
 
 variable "bypass_cache_path_prefixes" {
