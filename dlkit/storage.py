@@ -1,6 +1,6 @@
 """S3 access shared by the API (presign, health) and the workers (artifact upload).
 
-Works with any S3-compatible store: SeaweedFS in the embedded stack, MinIO in compose, AWS S3.
+Works with any S3-compatible store: SeaweedFS in the embedded stack and in compose, MinIO, AWS S3.
 """
 
 from __future__ import annotations
