@@ -10,13 +10,22 @@ import argparse
 import glob
 import logging
 import os
+import signal
 import tempfile
+import time
 
 from redis import Redis
-from rq import Queue
+from redis.exceptions import RedisError
+from rq import Queue, Worker
+from rq.exceptions import StopRequested
 
 from dlkit.jobs import JobStore
 from dlkit.settings import Settings
+
+log = logging.getLogger("worker")
+# Reconnecting to a lost Redis: first retry after half a second, doubling up to 30 s.
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 30.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +67,53 @@ def main(argv: list[str] | None = None) -> None:
     worker.samples = metrics.Samples(metrics_dir)  # compacted after every job, served or not
     if args.metrics_port is not None:
         metrics.serve(worker, args.metrics_port, args.metrics_host)
-    worker.work(burst=args.burst, logging_level="INFO", with_scheduler=False)
+    while True:
+        try:
+            worker.work(burst=args.burst, logging_level="INFO", with_scheduler=False)
+        except RedisError as error:  # its teardown could not reach Redis either
+            log.warning("worker loop ended: %s", error)
+        if args.burst or worker.stopping:
+            return
+        # RQ's loop survives Redis going away while it waits for work, but quits on the first Redis
+        # error met while a job runs (a heartbeat). A blip must not leave the queue to nobody.
+        try:
+            recover(worker, store, redis)
+        except StopRequested:
+            return
+
+
+def recover(worker: Worker, store: JobStore, redis: Redis) -> None:
+    """Wait for Redis, end honestly the job that was running, and make the worker (a MeteredWorker,
+    worker/metrics.py) ready to work again. SIGTERM or SIGINT meanwhile: StopRequested."""
+
+    def stop(signum, frame):
+        raise StopRequested()
+
+    signal.signal(signal.SIGTERM, stop)  # RQ's own handlers ask Redis for the worker's state
+    signal.signal(signal.SIGINT, stop)
+    delay = RECONNECT_FIRST_S
+    while True:
+        try:
+            redis.ping()
+            break
+        except RedisError as error:
+            log.warning("Redis unreachable (%s); retrying in %g s", error, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, RECONNECT_MAX_S)
+    horse = worker.horse_pid
+    if horse:
+        # Its own writes to Redis failed too, or will: let it end (done, failed or not) before judging.
+        try:
+            os.waitpid(horse, 0)
+        except ChildProcessError:
+            pass  # already reaped
+    if worker.job_in_hand:
+        # Forward-only: a job the horse managed to finish or fail keeps its end.
+        store.fail(worker.job_in_hand, "the worker lost its connection to Redis while running the job")
+        worker.job_in_hand = None
+    worker.register_death()  # its stale registration, so that work() can register it afresh
+    log.warning("Redis is back: working again")
+    time.sleep(RECONNECT_FIRST_S)  # a loop that keeps failing must not spin
 
 
 def _wipe(directory: str) -> None:

@@ -175,16 +175,25 @@ class _WorkerState:
 
 
 class MeteredWorker(Worker):
-    """An RQ worker that compacts its horses' metric files after each job."""
+    """An RQ worker that compacts its horses' metric files after each job, and remembers what
+    python -m worker needs to recover from a lost Redis: the job in hand, and whether a stop was asked."""
 
     samples: Samples | None = None
+    job_in_hand: str | None = None  # set while a job runs; left set when its run ended in an error
+    stopping = False
 
     def execute_job(self, job, queue):
+        self.job_in_hand = job.id
         try:
             super().execute_job(job, queue)  # forks the horse and waits for it to exit
         finally:
             if self.samples is not None:
                 self.samples.compact(keep_pid=os.getpid())
+        self.job_in_hand = None
+
+    def request_stop(self, signum, frame):
+        self.stopping = True
+        super().request_stop(signum, frame)
 
 
 def serve(worker: MeteredWorker, port: int, host: str = "0.0.0.0"):
