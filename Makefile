@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast clean prometheus chromium
+.PHONY: demo test test-fast clean prometheus chromium checkov
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,11 +41,21 @@ chromium:
 	       "the browser tests are skipped"; \
 	fi
 
+# checkov (Terraform scans in tests/test_deploy.py) in a venv of its own: its pins clash with the kit's.
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(VENV)/tools/checkov/bin/checkov
+$(CHECKOV): | $(BIN)/.installed
+	rm -rf $(VENV)/tools/checkov
+	$(PYTHON) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+
+checkov: $(CHECKOV)
+
 # `make demo QUICK=1`: the same story at time scale 0.02, in under 4 minutes.
 demo: $(BIN)/.installed prometheus
 	$(BIN)/dlkit demo $(if $(QUICK),--quick)
 
-test: $(BIN)/.installed prometheus chromium
+test: $(BIN)/.installed prometheus chromium $(CHECKOV)
 	$(BIN)/pytest
 
 # The edit-test loop: lint, then the pure-logic and single-server tests (no stack), in under a minute.
