@@ -41,8 +41,21 @@ def s3_client(settings: Settings, *, public: bool = False, max_attempts: int | N
     )
 
 
+ARTIFACT_PREFIX = "downloads/"
+
+# Artifacts live as long as their job records (JOB_TTL_S, a day by default), and the parts of a
+# multipart upload that a dead worker left behind are aborted after a day. The same rules as the
+# staging bucket's (infra/terraform/storage.tf; tests/test_deploy.py checks they agree); the embedded
+# stack and compose apply them through ensure_bucket.
+LIFECYCLE_RULES = [
+    {"ID": "expire-downloads", "Status": "Enabled", "Filter": {"Prefix": ARTIFACT_PREFIX}, "Expiration": {"Days": 1}},
+    {"ID": "abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
+     "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
+]  # fmt: skip
+
+
 def artifact_key(job_id: str) -> str:
-    return f"downloads/{job_id}.zip"
+    return f"{ARTIFACT_PREFIX}{job_id}.zip"
 
 
 def presign_download(client, bucket: str, key: str, ttl_s: int, filename: str) -> str:
@@ -128,8 +141,9 @@ class MultipartUpload:
 
 
 def ensure_bucket(env: Mapping[str, str], attempts: int = 3, round_trip: bool = False) -> None:
-    """Create the bucket named in `env` (the S3_* settings) unless it exists; with `round_trip`, also write, read back
-    and delete a tiny object to prove the store accepts data. Raises botocore errors."""
+    """Create the bucket named in `env` (the S3_* settings), with LIFECYCLE_RULES, unless it exists;
+    with `round_trip`, also write, read back and delete a tiny object to prove the store accepts data.
+    Raises botocore errors."""
     client = s3_client(Settings.from_env(env), max_attempts=attempts)
     bucket = env["S3_BUCKET_NAME"]
     # Closed explicitly: this runs in readiness loops, and each client holds a connection pool.
@@ -144,6 +158,8 @@ def ensure_bucket(env: Mapping[str, str], attempts: int = 3, round_trip: bool = 
             except ClientError as race:
                 if race.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
                     raise
+            # Created here, so ours to configure (an existing bucket keeps its owner's rules).
+            client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": LIFECYCLE_RULES})
         if round_trip:
             key = ".dlkit-ready"
             client.put_object(Bucket=bucket, Key=key, Body=b"ok")

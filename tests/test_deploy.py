@@ -301,6 +301,29 @@ def _blocks(kind: str, type_: str, tree: Path = TERRAFORM) -> dict[str, dict]:
     return found
 
 
+def test_staging_bucket_has_the_kits_lifecycle_rules():
+    """Artifacts expire with their jobs and dead workers' uploads are aborted, in staging as in the
+    embedded stack and compose (dlkit.storage.LIFECYCLE_RULES, applied by ensure_bucket)."""
+    from dlkit.storage import LIFECYCLE_RULES
+
+    (config,) = _blocks("resource", "aws_s3_bucket_lifecycle_configuration").values()
+    staging = {}
+    for rule in config["rule"]:
+        prefix = _unquote((rule.get("filter") or [{}])[0].get("prefix", ""))
+        if "expiration" in rule:
+            staging[_unquote(rule["id"])] = ("expire", prefix, rule["expiration"][0]["days"])
+        else:
+            days = rule["abort_incomplete_multipart_upload"][0]["days_after_initiation"]
+            staging[_unquote(rule["id"])] = ("abort", prefix, days)
+    kit = {}
+    for rule in LIFECYCLE_RULES:
+        if "Expiration" in rule:
+            kit[rule["ID"]] = ("expire", rule["Filter"]["Prefix"], rule["Expiration"]["Days"])
+        else:
+            kit[rule["ID"]] = ("abort", rule["Filter"]["Prefix"], rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
+    assert staging == kit
+
+
 def _statements(document: dict) -> list[dict]:
     return [{k: [_unquote(v) for v in values] if isinstance(values, list) else values for k, values in st.items()}
             for st in document["statement"]]  # fmt: skip

@@ -181,9 +181,11 @@ def seaweedfs(site: Site) -> Component:
         # These S3 side servers listen on fixed default ports, which a second stack would collide on.
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
-        # Small volumes start fast and keep a local stack's disk use modest.
+        # Small volumes start fast and keep a local stack's disk use modest; room for 128 of them
+        # (8 GiB, allocated as written) holds several of the largest jobs the settings allow
+        # (1000 files of up to 1 MiB): with 32 two such jobs ran out of volumes.
         "-master.volumeSizeLimitMB=64",
-        "-volume.max=32",
+        "-volume.max=128",
         # The default waits 10 s on SIGTERM before stopping the volume server.
         "-volume.preStopSeconds=0",
         # A single master resuming its raft state waits 10-20 s for an election with itself;
