@@ -26,8 +26,9 @@ from .support import API_KEYS, client_for
 TIME_SCALE = 0.02
 STACK_ENV = {
     "API_KEYS": ",".join(f"{key}:{user}" for user, key in API_KEYS.items()),
-    # 50 s at this scale: a presigned URL lives 1 s, so its expiry can be observed.
-    "DOWNLOAD_URL_TTL_S": "50",
+    # 250 s at this scale: a presigned URL lives 5 s, long enough for a loaded machine to fetch it
+    # (S3 counts from the signing second, so 1 s could leave a tenth), short enough to see it expire.
+    "DOWNLOAD_URL_TTL_S": "250",
     # Scaled clients poll every 0.1 s: the per-client limit is tested on its own (test_service.py).
     "RATE_LIMIT_MAX_REQUESTS": "100000",
 }
