@@ -12,6 +12,7 @@ from . import http, metrics
 from .extensions import Resources, connect_redis, make_limiter
 from .problems import register_error_handlers, validation_problem
 from .routes import jobs, legacy, service
+from .schemas import Problem
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
@@ -22,7 +23,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         info=Info(title="dlkit download service", version="1.0.0",
                   description="Long downloads as asynchronous jobs: initiate, poll status, download, cancel."),
         doc_prefix="/docs",
+        security_schemes={"apiKey": {"type": "http", "scheme": "bearer",
+                                     "description": "An API key from API_KEYS (none needed when it is unset)."}},
         validation_error_status=400,
+        validation_error_model=Problem,
         validation_error_callback=validation_problem,
     )
     app.json.sort_keys = False
