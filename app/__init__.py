@@ -21,11 +21,14 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app = OpenAPI(
         __name__,
         info=Info(title="dlkit download service", version="1.0.0",
-                  description="Long downloads as asynchronous jobs: initiate, poll status, download, cancel."),
+                  description="Long downloads as asynchronous jobs: initiate, poll status, download, cancel. "
+                              "Every error is RFC 9457 problem details (application/problem+json), whichever "
+                              "layer answers; a method a path does not list gets 405 with Allow."),
         doc_prefix="/docs",
         security_schemes={"apiKey": {"type": "http", "scheme": "bearer",
                                      "description": "An API key from API_KEYS (none needed when it is unset)."}},
         validation_error_status=400,
+        # Also what puts Problem in components/schemas, where every error response refers to it.
         validation_error_model=Problem,
         validation_error_callback=validation_problem,
     )

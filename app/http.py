@@ -40,8 +40,8 @@ def install(app: Flask) -> None:
     @app.before_request
     def _json_body() -> None:
         # Before validation, so a client learns *why* its body was refused. A POST without a
-        # body (cancel) is left to the route.
-        # An unknown route or method is answered as such (404, 405 with Allow), whatever the body.
+        # body (cancel) is left to the route; an unknown route or method is answered as such
+        # (404, 405 with Allow), whatever the body.
         has_body = bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
         if request.method not in ("POST", "PUT", "PATCH") or not has_body or request.routing_exception:
             return

@@ -4,6 +4,7 @@ what every layer of the chain answers, and schemathesis finds nothing when it fu
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -134,15 +135,16 @@ def cancel_active_jobs(client: httpx.Client) -> None:
 
 
 def test_schemathesis_with_every_check_finds_nothing(stack, alice):
-    """The command of the README, on a bounded budget, from the repository's root (where it reads
-    schemathesis.toml), through the whole chain. A larger run by hand: raise --max-examples."""
+    """The command in schemathesis.toml's header, on a bounded budget, run from the repository's root
+    (where it reads schemathesis.toml), through the whole chain. By hand: raise --max-examples."""
     command = [shutil.which("schemathesis", path=os.path.dirname(sys.executable)) or "schemathesis", "run",
                f"{stack.entry}/openapi.json", "--checks", "all",
                "-H", f"Authorization: Bearer {API_KEYS['alice']}",
-               "--max-examples", "10", "--workers", "2", "--no-color"]
+               "--max-examples", "20", "--workers", "2", "--no-color"]
     try:
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     finally:
         cancel_active_jobs(alice)
     assert result.returncode == 0, result.stdout[-20_000:] + result.stderr[-5_000:]
-    assert "No issues found" in result.stdout or " passed" in result.stdout, result.stdout[-5_000:]
+    cases = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+    assert cases and cases[1] == cases[2] and int(cases[1]) > 100, result.stdout[-5_000:]
