@@ -178,7 +178,7 @@ def test_odd_query_strings(alice, query):
         assert_problem(r, 400)
 
 
-@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "FOO"])
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "FOO", "AB", "A" * 25])  # gunicorn would refuse the last two in HTML
 def test_unknown_and_refused_methods_are_405_problems_with_allow(alice, method):
     r = alice.request(method, "/v1/download/initiate")
     assert_problem(r, 405)
@@ -189,6 +189,7 @@ def test_unknown_and_refused_methods_are_405_problems_with_allow(alice, method):
     (b"get /health HTTP/1.1", 400),  # methods are upper case
     (b"GET /health HTTP/3.0", 505),
     (b"GET health HTTP/1.1", 400),
+    ("GET /v1/download/status/é HTTP/1.1".encode(), 400),  # unencoded UTF-8: gunicorn would answer in HTML
     (b"\x16\x03\x01 TLS hello", 400),
 ])
 def test_malformed_requests_are_problems(stack, request_line, status):
