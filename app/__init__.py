@@ -12,6 +12,7 @@ from . import http, metrics, ui
 from .extensions import Resources, connect_redis, make_limiter
 from .problems import register_error_handlers, validation_problem
 from .routes import jobs, legacy, service
+from .schemas import Problem
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
@@ -20,9 +21,15 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app = OpenAPI(
         __name__,
         info=Info(title="dlkit download service", version="1.0.0",
-                  description="Long downloads as asynchronous jobs: initiate, poll status, download, cancel."),
+                  description="Long downloads as asynchronous jobs: initiate, poll status, download, cancel. "
+                              "Every error is RFC 9457 problem details (application/problem+json), whichever "
+                              "layer answers; a method a path does not list gets 405 with Allow."),
         doc_prefix="/docs",
+        security_schemes={"apiKey": {"type": "http", "scheme": "bearer",
+                                     "description": "An API key from API_KEYS (none needed when it is unset)."}},
         validation_error_status=400,
+        # Also what puts Problem in components/schemas, where every error response refers to it.
+        validation_error_model=Problem,
         validation_error_callback=validation_problem,
     )
     app.json.sort_keys = False

@@ -38,5 +38,13 @@ def current_owner() -> str:
     return owner
 
 
+def authenticate() -> None:
+    """before_request of every route that has an owner: an unknown caller gets 401 before anything
+    else is checked, so it learns nothing (not even whether a job exists). CORS preflights carry no
+    key and pass."""
+    if request.method != "OPTIONS":
+        current_owner()
+
+
 def _unauthorized(detail: str) -> Problem:
     return Problem(401, "Unauthorized", detail, slug="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="dlkit"'})

@@ -28,6 +28,14 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE_S", "75"))
 # it only kills a worker that is really stuck.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT_S", "30"))
 graceful_timeout = 30
+# gunicorn answers a request over its limits with an HTML page, so it must never be the one to
+# refuse: nginx in front bounds every request first with a problem document (request line and
+# each header line 8 KB, large_client_header_buffers in proxy/nginx/dlkit.conf.template), and these
+# sit above that. The request line is left to nginx (0: gunicorn's own cap, 8190, is nginx's 8 KB
+# less a byte or two); header lines get room for what the proxies append (X-Forwarded-For).
+limit_request_line = 0
+limit_request_field_size = 32768
+limit_request_fields = 32768
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"

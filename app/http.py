@@ -40,16 +40,21 @@ def install(app: Flask) -> None:
     @app.before_request
     def _json_body() -> None:
         # Before validation, so a client learns *why* its body was refused. A POST without a
-        # body (cancel) is left to the route.
+        # body (cancel) is left to the route; an unknown route or method is answered as such
+        # (404, 405 with Allow), whatever the body.
         has_body = bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
-        if request.method not in ("POST", "PUT", "PATCH") or not has_body:
+        if request.method not in ("POST", "PUT", "PATCH") or not has_body or request.routing_exception:
             return
         if not request.is_json:
             raise Problem(415, "Unsupported Media Type", "Send the body as application/json.", slug="unsupported-media-type")
         try:
-            request.get_json()
-        except BadRequest:
-            raise Problem(400, "Malformed JSON", "The request body is not valid JSON.", slug="malformed-json") from None
+            body = request.get_json()
+        except (BadRequest, RecursionError):  # RecursionError: arrays or objects nested ~1000 deep
+            raise Problem(400, "Malformed JSON", "The request body is not valid JSON, or is nested too deeply.",
+                          slug="malformed-json") from None
+        if not isinstance(body, dict):
+            # Every body of the API is an object (and a JSON string must not be parsed a second time).
+            raise Problem(400, "Invalid request", "The request body must be a JSON object.", slug="validation-error")
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -58,7 +58,7 @@ JOB_FAILURES = Counter("dlkit_job_failures_total", "Failed jobs by reason.", ["r
 
 UNMATCHED = "unmatched"
 METRICS_PATH = "/metrics"
-DOWNLOAD_ROUTE = "/v1/download/<job_id>"  # its 302 hands out the artifact: dlkit/accounting.py counts it
+DOWNLOAD_ROUTE = "/v1/download/<uuid:job_id>"  # its 302 hands out the artifact: dlkit/accounting.py counts it
 
 
 class MeteredJobStore(JobStore):

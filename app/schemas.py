@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from dlkit.settings import FILE_ID_MAX, FILE_ID_MIN, MAX_FILES_PER_JOB
 
-# strict: "12345", 12345.0 and true are not file ids.
-FileId = Annotated[int, Field(strict=True, ge=FILE_ID_MIN, le=FILE_ID_MAX)]
+
+def _integral(value):
+    """JSON has one number type: 70000.0 is the integer 70000, as JSON Schema's `integer` (what the
+    OpenAPI document says) counts it. Only an integral float is converted; 70000.5 still fails."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# strict: "12345" and true are not file ids (70000.0 is, see _integral).
+FileId = Annotated[int, Field(strict=True, ge=FILE_ID_MIN, le=FILE_ID_MAX), BeforeValidator(_integral)]
 
 
 class _Body(BaseModel):
@@ -22,7 +32,8 @@ class FileRequest(_Body):
 
 
 class InitiateRequest(_Body):
-    file_ids: Annotated[list[FileId], Field(min_length=1, max_length=MAX_FILES_PER_JOB)]
+    file_ids: Annotated[list[FileId], Field(min_length=1, max_length=MAX_FILES_PER_JOB,
+                                            json_schema_extra={"uniqueItems": True})]
 
     @field_validator("file_ids")
     @classmethod
@@ -101,15 +112,57 @@ class StartResponse(BaseModel):
     processingTimeMs: int
 
 
+class FieldError(BaseModel):
+    loc: str = Field(description="Where: `file_ids.1`, `limit`, `body`")
+    msg: str
+    type: str
+
+
 class Problem(BaseModel):
-    """RFC 9457 problem details."""
+    """RFC 9457 problem details: the body of every error, whichever layer answers (the API, nginx,
+    or the emulated load balancer and edge in front, which also set `layer`)."""
+
+    model_config = ConfigDict(extra="allow")  # RFC 9457 extension members
 
     type: str
     title: str
-    status: int
+    status: int = Field(ge=400, le=599)
     detail: str | None = None
     instance: str | None = None
     requestId: str | None = None
+    layer: str | None = Field(None, description="The proxy that answered (nginx, lb, edge); absent from the API")
+    errors: list[FieldError] | None = Field(None, description="What did not validate (400)")
+
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+# Statuses that any request can meet on its way through the proxies and gunicorn, whatever the route:
+# a request nginx refuses to read (400, 413 body, 414 URI, 431 headers), the API failing (500),
+# unreachable (502) or too slow (504).
+ANY_ROUTE = (400, 413, 414, 431, 500, 502, 504)
+# Statuses that the job and legacy routes add: no or unknown API key, the per-client rate limit, and
+# Redis or S3 unreachable.
+API_ROUTE = (*ANY_ROUTE, 401, 429, 503)
+# A request body that is not JSON.
+WITH_BODY = (*API_ROUTE, 415)
+
+_EXTRA_STATUS_PHRASES = {524: "A Timeout Occurred (the CDN edge gave up waiting)"}
+
+
+def problems(*statuses: int) -> dict[int, dict]:
+    """OpenAPI responses for error statuses, each an `application/problem+json` Problem."""
+    return {
+        status: {
+            "description": _EXTRA_STATUS_PHRASES.get(status) or HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in sorted(set(statuses))
+    }
+
+
+class ServiceIndex(BaseModel):
+    service: str
+    links: dict[str, str]
 
 
 class Health(BaseModel):

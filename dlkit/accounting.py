@@ -19,11 +19,15 @@ Jobs (app/metrics.py counts on the API side, worker/metrics.py in the work horse
 Wasted job seconds = seconds of jobs cancelled mid-way + seconds of completed jobs never
 downloaded. Read them once clients are done: a job completed a moment ago is not downloaded *yet*.
 Failed jobs are not counted as waste: their client is told (status `failed`), as it asked.
+
+The counters are a fixed set of keys and never expire (`dlkit demo` resets them); the ids of the
+jobs already downloaded are kept one set per day, each expiring at a fixed time (see job_downloaded).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -43,16 +47,22 @@ JOBS_COMPLETED = PREFIX + "jobs:completed"
 JOBS_COMPLETED_SECONDS = PREFIX + "jobs:completed_seconds"
 JOBS_DOWNLOADED = PREFIX + "jobs:downloaded"
 JOBS_DOWNLOADED_SECONDS = PREFIX + "jobs:downloaded_seconds"
-JOBS_DOWNLOADED_IDS = PREFIX + "jobs:downloaded_ids"  # a set: only the first 302 of a job counts
+JOBS_DOWNLOADED_IDS = PREFIX + "jobs:downloaded_ids"  # + ":<window>": sets, only the first 302 of a job counts
 JOBS_CANCELLED_RUNNING = PREFIX + "jobs:cancelled_running"
 JOBS_CANCELLED_SECONDS = PREFIX + "jobs:cancelled_seconds"
 
 KEYS = (SYNC_STARTED, SYNC_FINISHED, SYNC_SECONDS, SYNC_WASTED, SYNC_WASTED_SECONDS, JOBS_CREATED, JOBS_COMPLETED,
-        JOBS_COMPLETED_SECONDS, JOBS_DOWNLOADED, JOBS_DOWNLOADED_SECONDS, JOBS_DOWNLOADED_IDS,
+        JOBS_COMPLETED_SECONDS, JOBS_DOWNLOADED, JOBS_DOWNLOADED_SECONDS,
         JOBS_CANCELLED_RUNNING, JOBS_CANCELLED_SECONDS)  # fmt: skip
 
-# The downloaded-ids set must not grow forever on a long-lived deployment.
-IDS_TTL_S = 86_400
+# The downloaded ids are kept in one set per window of this length, as long as a job record lives
+# by default (JOB_TTL_S): a job is downloaded within its window or the next, so those two sets
+# are all a download is checked against, and each set expires at the end of the next window.
+IDS_WINDOW_S = 86_400
+
+
+def downloaded_ids_key(window: int) -> str:
+    return f"{JOBS_DOWNLOADED_IDS}:{window}"
 
 
 def _count(redis: Redis, key: str, seconds_key: str | None = None, seconds: float = 0.0) -> None:
@@ -89,24 +99,29 @@ def job_cancelled_running(redis: Redis, seconds: float) -> None:
     _count(redis, JOBS_CANCELLED_RUNNING, JOBS_CANCELLED_SECONDS, seconds)
 
 
-def job_downloaded(redis: Redis, job_id: str, seconds: float) -> None:
-    """The artifact's URL was handed out; counted once per job, however often it is asked for."""
+def job_downloaded(redis: Redis, job_id: str, seconds: float, now: float | None = None) -> None:
+    """The artifact's URL was handed out; counted once per job, however often it is asked for.
+
+    The window's set expires at a fixed time (EXPIREAT, the end of the next window), which later
+    downloads set again unchanged: pushing a relative TTL back on every download would keep the
+    set alive, and growing, for as long as downloads keep coming."""
+    window = int((time.time() if now is None else now) // IDS_WINDOW_S)
     try:
         with redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(JOBS_DOWNLOADED_IDS, job_id)
-            pipe.expire(JOBS_DOWNLOADED_IDS, IDS_TTL_S)
-            first, _ = pipe.execute()
+            pipe.sismember(downloaded_ids_key(window - 1), job_id)
+            pipe.sadd(downloaded_ids_key(window), job_id)
+            pipe.expireat(downloaded_ids_key(window), (window + 2) * IDS_WINDOW_S)
+            seen_before, added, _ = pipe.execute()
     except RedisError as error:
         log.warning("accounting: could not record the download of %s: %s", job_id, error)
         return
-    if first:
+    if added and not seen_before:
         _count(redis, JOBS_DOWNLOADED, JOBS_DOWNLOADED_SECONDS, seconds)
 
 
 def read(redis: Redis) -> dict:
     """Every figure, as numbers: {"sync": {...}, "jobs": {...}}."""
-    keys = [key for key in KEYS if key != JOBS_DOWNLOADED_IDS]
-    values = dict(zip(keys, (float(v) if v is not None else 0.0 for v in redis.mget(keys))))
+    values = dict(zip(KEYS, (float(v) if v is not None else 0.0 for v in redis.mget(KEYS))))
     jobs_wasted = (values[JOBS_CANCELLED_SECONDS] + values[JOBS_COMPLETED_SECONDS]
                    - values[JOBS_DOWNLOADED_SECONDS])  # fmt: skip
     return {
@@ -131,4 +146,5 @@ def read(redis: Redis) -> dict:
 
 def reset(redis: Redis) -> None:
     """Zero every figure (the demo does so between scenarios, while no work is in flight)."""
-    redis.delete(*KEYS)
+    window = int(time.time() // IDS_WINDOW_S)
+    redis.delete(*KEYS, downloaded_ids_key(window - 1), downloaded_ids_key(window))

@@ -259,6 +259,9 @@ class JobStore:
                     pipe.hset(job_key(job.id), mapping=job.to_hash())
                     pipe.expire(job_key(job.id), self.ttl_s)
                     pipe.zadd(owner_index_key(owner), {job.id: now})
+                    # Each create pushes the index's expiry back, so an active owner's index never
+                    # expires: drop the entries older than a record lives, so it stays bounded.
+                    pipe.zremrangebyscore(owner_index_key(owner), "-inf", now - self.ttl_s)
                     pipe.expire(owner_index_key(owner), self.ttl_s)
                     if idem_key:
                         pipe.set(idem_key, json.dumps({"jobId": job.id, "fingerprint": idempotency[1]}), ex=self.ttl_s)

@@ -19,10 +19,12 @@ from dlkit import files
 from dlkit.jobs import IdempotencyConflict, Job, JobStatus, events_channel
 from dlkit.storage import presign_download
 
-from ..auth import current_owner
+from ..auth import authenticate, current_owner
 from ..http import retry_after
 from ..problems import Problem
 from ..schemas import (
+    API_ROUTE,
+    WITH_BODY,
     InitiateHeaders,
     InitiateRequest,
     InitiateResponse,
@@ -30,12 +32,27 @@ from ..schemas import (
     JobPath,
     JobStatusResponse,
     ListQuery,
+    problems,
 )
-from ..schemas import Problem as ProblemModel
 
-bp = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[Tag(name="jobs (asynchronous)")])
+bp = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[Tag(name="jobs (asynchronous)")],
+                  abp_security=[{"apiKey": []}])
+bp.before_request(authenticate)
 
-ERRORS = {400: ProblemModel, 401: ProblemModel, 404: ProblemModel, 429: ProblemModel, 503: ProblemModel}
+# One server-sent event: `status`, whose data is the status document.
+EVENT_STREAM = {
+    "description": "A `status` event on every change of the job, heartbeat comments in between",
+    "content": {"text/event-stream": {"schema": {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": "status"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+            "data": {"type": "string", "description": "JSON: the status document (JobStatusResponse)"},
+        },
+    }}},
+}
 WORKER_FUNCTION = "worker.tasks.build_archive"
 
 
@@ -78,7 +95,7 @@ def _fingerprint(body: BaseModel) -> str:
 @bp.post(
     "/download/initiate",
     summary="Start an asynchronous download job",
-    responses={202: InitiateResponse, 422: ProblemModel, **ERRORS},
+    responses={202: InitiateResponse, **problems(*WITH_BODY, 422)},
 )
 def initiate(body: InitiateRequest, header: InitiateHeaders):
     owner = current_owner()
@@ -88,8 +105,10 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
     rq_timeout = math.ceil(settings.scaled(settings.DOWNLOAD_DELAY_MAX_MS / 1000)) + 600
 
     def enqueue(pipe, job_id: str) -> None:
+        # Every RQ key expires: ttl while queued (a job cancelled before a worker took it is never
+        # touched again), result_ttl / failure_ttl once a worker has run it.
         rq_job = res.queue.create_job(
-            WORKER_FUNCTION, args=(job_id,), job_id=job_id, timeout=rq_timeout,
+            WORKER_FUNCTION, args=(job_id,), job_id=job_id, timeout=rq_timeout, ttl=settings.JOB_TTL_S,
             result_ttl=3600, failure_ttl=settings.JOB_TTL_S, description=f"download job {job_id}",
         )
         res.queue.enqueue_job(rq_job, pipeline=pipe)
@@ -117,7 +136,7 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
 @bp.get(
     "/download/status/<job_id>",
     summary="Poll a job (honour Retry-After)",
-    responses={200: JobStatusResponse, 410: JobStatusResponse, **ERRORS},
+    responses={200: JobStatusResponse, 410: JobStatusResponse, **problems(*API_ROUTE, 404)},
 )
 def status(path: JobPath):
     job = _owned_job(path.job_id)
@@ -125,10 +144,12 @@ def status(path: JobPath):
     return _document(job), code, _poll_headers(job)
 
 
+# uuid: else GET /v1/download/check (or /start, /initiate) would be this route, and those paths would
+# answer GET with 400 instead of 405.
 @bp.get(
-    "/download/<job_id>",
+    "/download/<uuid:job_id>",
     summary="Redirect to the artifact (presigned, short-lived S3 URL)",
-    responses={302: None, 409: ProblemModel, 410: ProblemModel, **ERRORS},
+    responses={302: None, **problems(*API_ROUTE, 404, 409, 410)},
 )
 def download(path: JobPath):
     job = _owned_job(path.job_id)
@@ -146,7 +167,7 @@ def download(path: JobPath):
 @bp.get(
     "/download/events/<job_id>",
     summary="Server-sent events: the status document on every change, heartbeats in between",
-    responses={200: None, **ERRORS},
+    responses={200: EVENT_STREAM, **problems(*API_ROUTE, 404)},
 )
 def events(path: JobPath):
     """An alternative to polling for clients that can hold a connection (browsers: EventSource).
@@ -196,7 +217,7 @@ def _sse_event(job: Job) -> str:
 @bp.post(
     "/download/cancel/<job_id>",
     summary="Cancel a queued or running job",
-    responses={200: JobStatusResponse, 409: ProblemModel, **ERRORS},
+    responses={200: JobStatusResponse, **problems(*WITH_BODY, 404, 409)},
 )
 def cancel(path: JobPath):
     job = _owned_job(path.job_id)
@@ -212,7 +233,7 @@ def cancel(path: JobPath):
     return _document(current), 200, {"Cache-Control": "no-store"}
 
 
-@bp.get("/downloads", summary="The caller's jobs, newest first", responses={200: JobList, **ERRORS})
+@bp.get("/downloads", summary="The caller's jobs, newest first", responses={200: JobList, **problems(*API_ROUTE)})
 def list_jobs(query: ListQuery):
     res = _res()
     owner = current_owner()

@@ -16,17 +16,17 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from dlkit import accounting, files
 
-from ..auth import current_owner
+from ..auth import authenticate
 from ..problems import Problem
-from ..schemas import CheckResponse, FileRequest, StartResponse
-from ..schemas import Problem as ProblemModel
+from ..schemas import WITH_BODY, CheckResponse, FileRequest, StartResponse, problems
 
-bp = APIBlueprint("legacy", __name__, url_prefix="/v1/download", abp_tags=[Tag(name="legacy (synchronous)")])
+bp = APIBlueprint("legacy", __name__, url_prefix="/v1/download", abp_tags=[Tag(name="legacy (synchronous)")],
+                  abp_security=[{"apiKey": []}])
+bp.before_request(authenticate)
 
 
-@bp.post("/check", summary="Is a file available?", responses={200: CheckResponse, 400: ProblemModel})
+@bp.post("/check", summary="Is a file available?", responses={200: CheckResponse, **problems(*WITH_BODY)})
 def check(body: FileRequest):
-    current_owner()
     available = files.is_available(body.file_id)
     return {
         "file_id": body.file_id,
@@ -39,10 +39,10 @@ def check(body: FileRequest):
 @bp.post(
     "/start",
     summary="Download one file synchronously (the legacy call that proxies cut)",
-    responses={200: StartResponse, 400: ProblemModel, 404: ProblemModel, 504: ProblemModel},
+    # 504: the app's own REQUEST_TIMEOUT_MS (or a proxy's) cut the call; 524: the CDN edge's.
+    responses={200: StartResponse, **problems(*WITH_BODY, 404, 504, 524)},
 )
 def start(body: FileRequest):
-    current_owner()
     res = current_app.extensions["dlkit"]
     settings = res.settings
     redis = res.redis  # thread-safe: the work thread below counts with it after the request is over

@@ -5,12 +5,12 @@ from __future__ import annotations
 from flask import current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
-from ..schemas import Health
+from ..schemas import ANY_ROUTE, Health, ServiceIndex, problems
 
 bp = APIBlueprint("service", __name__, abp_tags=[Tag(name="service")])
 
 
-@bp.get("/", summary="Service name and links")
+@bp.get("/", summary="Service name and links", responses={200: ServiceIndex, **problems(*ANY_ROUTE)})
 def index():
     return {
         "service": "dlkit download service",
@@ -23,7 +23,7 @@ def openapi_document():
     return jsonify(current_app.api_doc)
 
 
-@bp.get("/health", summary="Readiness of Redis and S3", responses={200: Health, 503: Health})
+@bp.get("/health", summary="Readiness of Redis and S3", responses={200: Health, 503: Health, **problems(*ANY_ROUTE)})
 def health():
     res = current_app.extensions["dlkit"]
     checks = {"storage": "ok", "redis": "ok"}
