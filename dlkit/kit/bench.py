@@ -198,6 +198,17 @@ def tree_cpu_s(pid: int | None) -> float:
     return total
 
 
+def _rss_mib(pid: int | None) -> float:
+    """Resident memory of a process and its live descendants, MiB (shared pages counted per process)."""
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in (root, *root.children(recursive=True))) / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
 @contextmanager
 def counted_round_trips() -> Iterator[list[int]]:
     """Count redis-py round trips in this process: one `send_packed_command` is one write of one
@@ -277,7 +288,7 @@ class Budget:
     rounds: int = 3
     polls: int = 200  # sequential polls for the Redis counts
     p3_files: int = 40  # ~20 MiB: three multipart parts of 8 MiB
-    p4_jobs: int = 40
+    p4_jobs: int = 20
     p5_jobs_per_worker: int = 4
     cost_jobs: int = 32  # at once, behind `workers` workers: the backlog
 
@@ -435,8 +446,12 @@ class Bench:
                     errors=errors[f"{request}_{where}"] + errors[f"root_{where}"],
                     p99_ms=round(statistics.median(r["p99_us"] for r in runs[f"{request}_{where}"]) / 1000, 2),
                 )
-        self.extra["http"] = {name: {"rps": [round(x, 1) for x in values], "errors": errors[name]}
-                              for name, values in rps.items()}  # fmt: skip
+        kinds = ("connect", "read", "write", "status", "timeout")
+        self.extra["http"] = {
+            name: {"rps": [round(x, 1) for x in values],
+                   "errors": {kind: sum(r[kind] for r in runs[name]) for kind in kinds}}
+            for name, values in rps.items()
+        }  # fmt: skip
         if memory_per_queued_job:
             self.extra.setdefault("redis_memory", {})["bytes_per_queued_job"] = round(
                 statistics.median(memory_per_queued_job))
@@ -654,10 +669,17 @@ class Bench:
                 "time_to_file_p95_s": round(percentile([r["time_to_file_s"] for r in completed], 95) or 0, 3),
                 "work_mean_s": round(statistics.mean(r["work_s"] for r in completed), 3) if completed else None,
                 "artifact_bytes_mean": round(statistics.mean(r["bytes"] for r in completed)) if completed else None,
+                "errors_total": sum(len(r["errors"]) for r in runs),
                 "errors": [e for r in runs for e in r["errors"]][:5],
             }
             self.say(f"  {mode}: {len(completed)}/{n} files in {wall:.1f} s")
         poll, sse = modes["poll"], modes["sse"]
+        self.extra["processes"] = {
+            "api_rss_mib": round(_rss_mib(self.stack.components["api"].pid), 1),
+            "worker_rss_mib_each": round(statistics.mean(_rss_mib(self.stack.components[name].pid)
+                                                         for name in self.workers()), 1),
+            "valkey_rss_mib": round(_rss_mib(self.stack.components["valkey"].pid), 1),
+        }
         delivered = poll["completed"]
         total_polls = poll["polls_total"]
         self.results["polls_per_file"] = judge(
@@ -820,13 +842,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def context_line(context: Mapping[str, Any], limit: int = 4) -> str:
+def context_line(context: Mapping[str, Any], limit: int = 5) -> str:
     shown = [(k, v) for k, v in context.items() if isinstance(v, (int, float, str)) and k not in ("how", "note", "raw")]
     return ", ".join(f"{k}={_fmt(v)}" for k, v in shown[:limit])
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
-    table = Table("measure", "ratio", "target", "result", "context (absolute, this machine)", title="dlkit bench")
+    table = Table(title="dlkit bench")
+    for name in ("measure", "ratio", "target", "result"):
+        table.add_column(name)
+    table.add_column("context (absolute, this machine)", overflow="fold")
     for result in report["ratios"].values():
         colour = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}[mark(result)]
         table.add_row(result["label"], _fmt(result["value"]), result["target"], f"[{colour}]{mark(result)}[/]",
@@ -837,9 +862,14 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table = Table("per job", "polling", "SSE", title=f"server cost, {cost['jobs_at_once']} jobs at once")
         for key in ("api_cpu_s_per_job", "proxies_cpu_s_per_job", "valkey_cpu_s_per_job", "workers_cpu_s_per_job",
                     "redis_commands_per_job", "redis_bytes_job_record", "redis_bytes_rq_job", "polls_per_job",
-                    "sse_streams_per_job", "sse_events_per_job", "sse_streams_cut", "time_to_file_p95_s"):  # fmt: skip
+                    "sse_streams_per_job", "sse_events_per_job", "sse_streams_cut", "errors_total",
+                    "time_to_file_p95_s"):  # fmt: skip
             table.add_row(key, _fmt(cost["poll"][key]), _fmt(cost["sse"][key]))
         console.print(table)
+    if report.get("processes"):
+        console.print("resident memory (MiB): " + ", ".join(f"{k}={v}" for k, v in report["processes"].items()))
+    if report.get("redis_memory"):
+        console.print(f"Valkey bytes per queued job: {report['redis_memory']['bytes_per_queued_job']}")
     initiate = report.get("redis_initiate")
     if initiate:
         console.print(f"Redis per initiate: {initiate['round_trips']:g} round trips, {initiate['commands']:g} commands")
