@@ -304,6 +304,7 @@ class JobRun:
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
     cuts: list[str] = field(default_factory=list)  # SSE streams ended mid-message
+    poll_s: float = 0.0  # time spent waiting for status responses
 
 
 class Bench:
@@ -665,6 +666,9 @@ class Bench:
                 "sse_events_per_job": round(sum(r["events"] for r in runs) / n, 2),
                 "sse_streams_cut": sum(len(r["cuts"]) for r in runs),
                 "sse_cut_examples": [c for r in runs for c in r["cuts"]][:3],
+                "poll_latency_mean_s": round(sum(r["poll_s"] for r in runs) / max(1, sum(r["polls"] for r in runs)), 4),
+                "time_to_file_mean_s": round(statistics.mean(r["time_to_file_s"] for r in completed), 3)
+                if completed else None,
                 "time_to_file_p50_s": round(percentile([r["time_to_file_s"] for r in completed], 50) or 0, 3),
                 "time_to_file_p95_s": round(percentile([r["time_to_file_s"] for r in completed], 95) or 0, 3),
                 "work_mean_s": round(statistics.mean(r["work_s"] for r in completed), 3) if completed else None,
@@ -760,7 +764,9 @@ async def _one_job(api: httpx.AsyncClient, s3: httpx.AsyncClient, file_id: int, 
 
 async def _wait_polling(api: httpx.AsyncClient, run: JobRun, interval: float) -> dict[str, Any]:
     while True:
+        asked = time.monotonic()
         response = await api.get(f"/v1/download/status/{run.job_id}")
+        run.poll_s += time.monotonic() - asked
         run.polls += 1
         if response.status_code in (200, 410):
             doc = response.json()
