@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast clean prometheus chromium checkov
+.PHONY: demo test test-fast clean prometheus chromium checkov bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,21 @@ test: $(BIN)/.installed prometheus chromium $(CHECKOV)
 test-fast: $(BIN)/.installed prometheus
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -m "not stack and not slow"
+
+# `make bench`: the performance ratios of issue 12 in one run (BENCHMARKS.md), on an embedded stack of
+# its own, under 5 minutes. wrk (the HTTP load generator) from the OS package, same rule as above;
+# without it the wrk ratios (P1, P2) are reported as not measured and the rest still runs.
+# BENCH_ARGS passes options through, e.g. `make bench BENCH_ARGS="--json bench.json"`.
+bench: $(BIN)/.installed
+	@if command -v wrk >/dev/null; then \
+	  :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends wrk; \
+	else \
+	  echo "wrk: not installed and cannot be installed here (needs apt-get and root):" \
+	       "P1 and P2 are skipped"; \
+	fi
+	$(BIN)/dlkit bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .dlkit .pytest_cache

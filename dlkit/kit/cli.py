@@ -5,6 +5,7 @@
     dlkit down     stop exactly what `up` started
     dlkit demo     start the stack if needed, reproduce the 504s under load and prove the fix
     dlkit audit    check the timeout budget of the proxy chain in the config files
+    dlkit bench    measure the performance ratios (issue 12) on a stack of its own
 
 Everything a stack writes lives in DLKIT_HOME (default ./.dlkit): state.json, logs/, data, configs.
 Stacks with different homes and base ports run side by side.
@@ -28,6 +29,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from dlkit.kit.bench import Budget
 from dlkit.kit.probes import check, same_process
 from dlkit.kit.stack import DEFAULT_BASE_PORT
 from dlkit.kit.supervisor import MODULE, STATE_FILE, read_state, running_supervisor
@@ -340,6 +342,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return run(args.root, args.json, console)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Start a stack of its own, measure each ratio against its target, print (and write) them."""
+    from dlkit.kit.bench import run
+
+    if args.json:
+        args.json = args.json.resolve()
+        problem = _writable_folder(args.json.parent)
+        if problem is not None:
+            console.print(f"[red]bench:[/] cannot write to {args.json.parent}: {problem}", highlight=False)
+            return EXIT_USAGE
+    budget = Budget(time_scale=args.time_scale, workers=args.workers, wrk_duration_s=args.duration,
+                    rounds=args.rounds, polls=args.polls, p3_files=args.p3_files, p4_jobs=args.p4_jobs,
+                    p5_jobs_per_worker=args.p5_jobs, cost_jobs=args.jobs)  # fmt: skip
+    return run(budget, args.json, console, strict=args.strict, home=args.home)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlkit", description="Run the dlkit stack locally.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -401,6 +419,32 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--root", type=Path, default=ROOT, help="checkout to read the configs of (default: this one)")
     audit.add_argument("--json", action="store_true", help='print {"ok", "findings": [{check, severity, ...}]}')
     audit.set_defaults(func=cmd_audit)
+
+    defaults = Budget()
+    bench = commands.add_parser("bench", help="measure the performance ratios (issue 12) on a stack of its own, "
+                                "about 4 minutes; exit 0 once measured (--strict: 1 if any target fails)")  # fmt: skip
+    bench.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
+    bench.add_argument("--time-scale", type=float, default=defaults.time_scale,
+                       help=f"clock scale of the stack (default {defaults.time_scale:g})")
+    bench.add_argument("--workers", type=int, default=defaults.workers, help=f"RQ workers (default {defaults.workers})")
+    bench.add_argument("--duration", type=float, default=defaults.wrk_duration_s,
+                       help=f"seconds per wrk run (default {defaults.wrk_duration_s:g})")
+    bench.add_argument("--rounds", type=int, default=defaults.rounds,
+                       help=f"interleaved rounds of the side-by-side measures, median kept (default {defaults.rounds})")
+    bench.add_argument("--polls", type=int, default=defaults.polls,
+                       help=f"polls counted for the Redis figures (default {defaults.polls})")
+    bench.add_argument("--p3-files", type=int, default=defaults.p3_files,
+                       help=f"files in the P3 artifact (default {defaults.p3_files}, about 20 MiB)")
+    bench.add_argument("--p4-jobs", type=int, default=defaults.p4_jobs,
+                       help=f"jobs per P4 round (default {defaults.p4_jobs})")
+    bench.add_argument("--p5-jobs", type=int, default=defaults.p5_jobs_per_worker,
+                       help=f"P5 jobs per client, one client per worker (default {defaults.p5_jobs_per_worker})")
+    bench.add_argument("--jobs", type=int, default=defaults.cost_jobs,
+                       help=f"jobs at once in the backlog and polling-vs-SSE measure (default {defaults.cost_jobs})")
+    bench.add_argument("--strict", action="store_true", help="exit 1 when any measured target fails")
+    bench.add_argument("--home", type=Path, help="keep the stack's files and logs in this folder "
+                       "(default: a temporary folder, removed at the end)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
