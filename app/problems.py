@@ -23,8 +23,16 @@ PROBLEM_TYPE = "urn:dlkit:problem:{}"
 class Problem(Exception):
     """Raise to answer with a problem document."""
 
-    def __init__(self, status: int, title: str, detail: str | None = None, *, slug: str | None = None,
-                 headers: dict[str, str] | None = None, **extra):
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        slug: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra,
+    ):
         super().__init__(detail or title)
         self.status = status
         self.title = title
@@ -34,8 +42,15 @@ class Problem(Exception):
         self.extra = extra
 
 
-def problem_response(status: int, title: str, detail: str | None = None, *, slug: str | None = None,
-                     headers: dict[str, str] | None = None, **extra) -> Response:
+def problem_response(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    slug: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra,
+) -> Response:
     body = {
         "type": PROBLEM_TYPE.format(slug) if slug else "about:blank",
         "title": title,
@@ -45,8 +60,9 @@ def problem_response(status: int, title: str, detail: str | None = None, *, slug
         "requestId": g.get("request_id"),
         **extra,
     }
-    response = Response(json.dumps({k: v for k, v in body.items() if v is not None}), status=status,
-                        mimetype="application/problem+json")
+    response = Response(
+        json.dumps({k: v for k, v in body.items() if v is not None}), status=status, mimetype="application/problem+json"
+    )
     response.headers.update(headers or {})
     return response
 
@@ -57,8 +73,9 @@ def validation_problem(error: ValidationError) -> Response:
         {"loc": ".".join(str(p) for p in e["loc"]) or "body", "msg": e["msg"], "type": e["type"]}
         for e in error.errors(include_url=False, include_input=False)
     ]
-    return problem_response(400, "Invalid request", "The request does not match the API contract.",
-                            slug="validation-error", errors=errors)
+    return problem_response(
+        400, "Invalid request", "The request does not match the API contract.", slug="validation-error", errors=errors
+    )
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -68,8 +85,12 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(e: RateLimitExceeded):
-        return problem_response(429, "Too Many Requests", f"Rate limit of {e.description} exceeded; retry after"
-                                " Retry-After seconds.", slug="rate-limited")
+        return problem_response(
+            429,
+            "Too Many Requests",
+            f"Rate limit of {e.description} exceeded; retry after Retry-After seconds.",
+            slug="rate-limited",
+        )
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):
@@ -81,15 +102,25 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RedisError)
     def _redis_down(e: RedisError):
         log.warning("redis unavailable: %s", e)
-        return problem_response(503, "Service unavailable", "The job store (Redis) is unreachable; retry shortly.",
-                                slug="redis-unavailable", headers={"Retry-After": "5"})
+        return problem_response(
+            503,
+            "Service unavailable",
+            "The job store (Redis) is unreachable; retry shortly.",
+            slug="redis-unavailable",
+            headers={"Retry-After": "5"},
+        )
 
     @app.errorhandler(BotoCoreError)
     @app.errorhandler(ClientError)
     def _s3_down(e: Exception):
         log.warning("storage unavailable: %s", e)
-        return problem_response(503, "Service unavailable", "Object storage (S3) is unreachable; retry shortly.",
-                                slug="storage-unavailable", headers={"Retry-After": "5"})
+        return problem_response(
+            503,
+            "Service unavailable",
+            "Object storage (S3) is unreachable; retry shortly.",
+            slug="storage-unavailable",
+            headers={"Retry-After": "5"},
+        )
 
     @app.errorhandler(Exception)
     def _bug(e: Exception):

@@ -32,8 +32,9 @@ class FileRequest(_Body):
 
 
 class InitiateRequest(_Body):
-    file_ids: Annotated[list[FileId], Field(min_length=1, max_length=MAX_FILES_PER_JOB,
-                                            json_schema_extra={"uniqueItems": True})]
+    file_ids: Annotated[
+        list[FileId], Field(min_length=1, max_length=MAX_FILES_PER_JOB, json_schema_extra={"uniqueItems": True})
+    ]
 
     @field_validator("file_ids")
     @classmethod
@@ -46,7 +47,11 @@ class InitiateRequest(_Body):
 
 class InitiateHeaders(BaseModel):
     idempotency_key: str | None = Field(
-        None, alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
         description="Same key and body from the same caller returns the same job; another body is 422.",
     )
 

@@ -51,9 +51,20 @@ JOBS_DOWNLOADED_IDS = PREFIX + "jobs:downloaded_ids"  # + ":<window>": sets, onl
 JOBS_CANCELLED_RUNNING = PREFIX + "jobs:cancelled_running"
 JOBS_CANCELLED_SECONDS = PREFIX + "jobs:cancelled_seconds"
 
-KEYS = (SYNC_STARTED, SYNC_FINISHED, SYNC_SECONDS, SYNC_WASTED, SYNC_WASTED_SECONDS, JOBS_CREATED, JOBS_COMPLETED,
-        JOBS_COMPLETED_SECONDS, JOBS_DOWNLOADED, JOBS_DOWNLOADED_SECONDS,
-        JOBS_CANCELLED_RUNNING, JOBS_CANCELLED_SECONDS)  # fmt: skip
+KEYS = (
+    SYNC_STARTED,
+    SYNC_FINISHED,
+    SYNC_SECONDS,
+    SYNC_WASTED,
+    SYNC_WASTED_SECONDS,
+    JOBS_CREATED,
+    JOBS_COMPLETED,
+    JOBS_COMPLETED_SECONDS,
+    JOBS_DOWNLOADED,
+    JOBS_DOWNLOADED_SECONDS,
+    JOBS_CANCELLED_RUNNING,
+    JOBS_CANCELLED_SECONDS,
+)
 
 # The downloaded ids are kept in one set per window of this length, as long as a job record lives
 # by default (JOB_TTL_S): a job is downloaded within its window or the next, so those two sets
@@ -121,9 +132,8 @@ def job_downloaded(redis: Redis, job_id: str, seconds: float, now: float | None 
 
 def read(redis: Redis) -> dict:
     """Every figure, as numbers: {"sync": {...}, "jobs": {...}}."""
-    values = dict(zip(KEYS, (float(v) if v is not None else 0.0 for v in redis.mget(KEYS))))
-    jobs_wasted = (values[JOBS_CANCELLED_SECONDS] + values[JOBS_COMPLETED_SECONDS]
-                   - values[JOBS_DOWNLOADED_SECONDS])  # fmt: skip
+    values = dict(zip(KEYS, (float(v) if v is not None else 0.0 for v in redis.mget(KEYS)), strict=True))
+    jobs_wasted = values[JOBS_CANCELLED_SECONDS] + values[JOBS_COMPLETED_SECONDS] - values[JOBS_DOWNLOADED_SECONDS]
     return {
         "sync": {
             "started": int(values[SYNC_STARTED]),

@@ -12,10 +12,10 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Callable
 
 from redis import Redis
 from redis.client import Pipeline
@@ -66,7 +66,7 @@ def idempotency_key(owner: str, key: str) -> str:
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -133,7 +133,7 @@ class Job:
         return fields
 
     @classmethod
-    def from_hash(cls, h: dict[str, str]) -> "Job":
+    def from_hash(cls, h: dict[str, str]) -> Job:
         def opt_float(name: str) -> float | None:
             return float(h[name]) if name in h else None
 
@@ -291,7 +291,7 @@ class JobStore:
             for job_id in ids:
                 pipe.hgetall(job_key(job_id))
             hashes = pipe.execute()
-        expired = [job_id for job_id, h in zip(ids, hashes) if not h]
+        expired = [job_id for job_id, h in zip(ids, hashes, strict=True) if not h]
         if expired:
             self.redis.zrem(owner_index_key(owner), *expired)
         return [Job.from_hash(_decode_hash(h)) for h in hashes if h]
@@ -326,7 +326,9 @@ class JobStore:
 
     def start(self, job_id: str) -> Transition:
         now = self.clock()
-        return self._apply(job_id, (JobStatus.QUEUED,), JobStatus.PROCESSING, startedAt=now, heartbeatAt=now, updatedAt=now)
+        return self._apply(
+            job_id, (JobStatus.QUEUED,), JobStatus.PROCESSING, startedAt=now, heartbeatAt=now, updatedAt=now
+        )
 
     def record_progress(self, job_id: str, processed_files: int, unavailable_file_ids: list[int]) -> Transition:
         now = self.clock()
@@ -362,8 +364,12 @@ class JobStore:
         return self._apply(job_id, allowed, JobStatus.FAILED, error=error, finishedAt=now, updatedAt=now)
 
     def _apply(self, job_id: str, allowed, new_status: JobStatus | None, announce: bool = True, **fields) -> Transition:
-        args: list = [" ".join(s.value for s in allowed), new_status.value if new_status else "", self.ttl_s,
-                      "1" if announce else "0"]
+        args: list = [
+            " ".join(s.value for s in allowed),
+            new_status.value if new_status else "",
+            self.ttl_s,
+            "1" if announce else "0",
+        ]
         for name, value in fields.items():
             args += [name, repr(value) if isinstance(value, float) else str(value)]
         applied, current = self._transition(keys=[job_key(job_id), events_channel(job_id)], args=args)

@@ -10,7 +10,7 @@ worker entry point do).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,13 +74,13 @@ class Settings(BaseSettings):
     JOB_STALE_AFTER_S: float = Field(30, gt=0)
 
     @model_validator(mode="after")
-    def _check_ranges(self) -> "Settings":
+    def _check_ranges(self) -> Settings:
         if self.DOWNLOAD_DELAY_MIN_MS > self.DOWNLOAD_DELAY_MAX_MS:
             raise ValueError("DOWNLOAD_DELAY_MIN_MS must not exceed DOWNLOAD_DELAY_MAX_MS")
         return self
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         """Build settings from `environ` (default: os.environ) plus explicit overrides."""
         if environ is None:
             return cls(**overrides)

@@ -49,9 +49,13 @@ ARTIFACT_PREFIX = "downloads/"
 # stack and compose apply them through ensure_bucket.
 LIFECYCLE_RULES = [
     {"ID": "expire-downloads", "Status": "Enabled", "Filter": {"Prefix": ARTIFACT_PREFIX}, "Expiration": {"Days": 1}},
-    {"ID": "abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
-     "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
-]  # fmt: skip
+    {
+        "ID": "abort-incomplete-uploads",
+        "Status": "Enabled",
+        "Filter": {"Prefix": ""},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    },
+]
 
 
 def artifact_key(job_id: str) -> str:
@@ -111,7 +115,9 @@ class MultipartUpload:
 
     def _upload_part(self, chunk: bytes) -> None:
         if self.upload_id is None:
-            created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, ContentType=self.content_type)
+            created = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ContentType=self.content_type
+            )
             self.upload_id = created["UploadId"]
         number = len(self.parts) + 1
         part = self.client.upload_part(
@@ -122,7 +128,9 @@ class MultipartUpload:
     def complete(self) -> None:
         """Store the object; after this it is visible in the bucket."""
         if self.upload_id is None:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer), ContentType=self.content_type)
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer), ContentType=self.content_type
+            )
         else:
             if self._buffer:
                 self._upload_part(bytes(self._buffer))

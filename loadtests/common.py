@@ -33,20 +33,37 @@ API_CALL_TIMEOUT_S = 10
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
-    parser.add_argument("--time-scale", type=float, env_var="TIME_SCALE", default=1.0,
-                        help="the stack's TIME_SCALE: client timeouts and think times follow it (default 1.0)")
-    parser.add_argument("--api-key", env_var="DLKIT_API_KEY", default="",
-                        help="API key sent as a Bearer token, when the stack runs with API_KEYS")
-    parser.add_argument("--client-timeout", type=float, default=None,
-                        help="sync.py: the naive client's own timeout in real seconds (default 100); "
-                             "above 120 no download is cut by the client itself")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        env_var="TIME_SCALE",
+        default=1.0,
+        help="the stack's TIME_SCALE: client timeouts and think times follow it (default 1.0)",
+    )
+    parser.add_argument(
+        "--api-key",
+        env_var="DLKIT_API_KEY",
+        default="",
+        help="API key sent as a Bearer token, when the stack runs with API_KEYS",
+    )
+    parser.add_argument(
+        "--client-timeout",
+        type=float,
+        default=None,
+        help="sync.py: the naive client's own timeout in real seconds (default 100); "
+        "above 120 no download is cut by the client itself",
+    )
 
 
 def report(user, request_type: str, name: str, started: float, length: int = 0, error: str | None = None) -> None:
     """A custom Locust request (a whole download, or a download a user wanted) timed from `started`."""
     user.environment.events.request.fire(
-        request_type=request_type, name=name, response_time=(time.monotonic() - started) * 1000,
-        response_length=length, exception=RuntimeError(error) if error else None, context={},
+        request_type=request_type,
+        name=name,
+        response_time=(time.monotonic() - started) * 1000,
+        response_length=length,
+        exception=RuntimeError(error) if error else None,
+        context={},
     )
 
 

@@ -21,8 +21,7 @@ import random
 import time
 import zipfile
 
-from common import (API_CALL_TIMEOUT_S, report, auth_headers, available_file_id, scaled,
-                    time_scale, unavailable_file_id)  # fmt: skip
+from common import API_CALL_TIMEOUT_S, auth_headers, available_file_id, report, scaled, time_scale, unavailable_file_id
 from locust import HttpUser, task
 
 from dlkit import files
@@ -75,8 +74,14 @@ def report_job(user: HttpUser, name: str, started: float, length: int = 0, error
 
 def initiate(user: HttpUser, file_ids: list[int], headers: dict[str, str], name: str = "initiate") -> str | None:
     """POST initiate; the job id, or None (recorded as a failure)."""
-    with user.client.post("/v1/download/initiate", json={"file_ids": file_ids}, headers=headers, name=name,
-                          timeout=API_CALL_TIMEOUT_S, catch_response=True) as response:
+    with user.client.post(
+        "/v1/download/initiate",
+        json={"file_ids": file_ids},
+        headers=headers,
+        name=name,
+        timeout=API_CALL_TIMEOUT_S,
+        catch_response=True,
+    ) as response:
         if response.status_code != 202:
             response.failure(f"initiate answered {response.status_code}")
             return None
@@ -92,8 +97,13 @@ def poll_and_fetch(user: HttpUser, job_id: str, file_ids: list[int], started: fl
     headers = auth_headers(env)
     poll_default = scaled(env, 5)
     while True:
-        with user.client.get(f"/v1/download/status/{job_id}", headers=headers, name="/v1/download/status/[id]",
-                             timeout=API_CALL_TIMEOUT_S, catch_response=True) as response:
+        with user.client.get(
+            f"/v1/download/status/{job_id}",
+            headers=headers,
+            name="/v1/download/status/[id]",
+            timeout=API_CALL_TIMEOUT_S,
+            catch_response=True,
+        ) as response:
             if response.status_code not in (200, 410):
                 response.failure(f"status answered {response.status_code}")
                 doc = None
@@ -102,21 +112,35 @@ def poll_and_fetch(user: HttpUser, job_id: str, file_ids: list[int], started: fl
         if doc is not None and doc["status"] in TERMINAL:
             break
         if time.monotonic() - started > scaled(env, GIVE_UP_AFTER_S):
-            return report_job(user, "job [gave up]", started,
-                              error=f"job {job_id} not finished after {scaled(env, GIVE_UP_AFTER_S):g} s")
+            return report_job(
+                user,
+                "job [gave up]",
+                started,
+                error=f"job {job_id} not finished after {scaled(env, GIVE_UP_AFTER_S):g} s",
+            )
         # Retry-After is the server's pacing: a client that polls faster only adds load.
         time.sleep(retry_after_s(response, poll_default))
 
     if doc["status"] != "completed":
-        return report_job(user, f"job [{doc['status']}]", started,
-                          error=f"job {job_id} {doc['status']}: {doc['error']}")
-    redirect = user.client.get(f"/v1/download/{job_id}", headers=headers, name="/v1/download/[id]",
-                               allow_redirects=False, timeout=API_CALL_TIMEOUT_S)
+        return report_job(
+            user, f"job [{doc['status']}]", started, error=f"job {job_id} {doc['status']}: {doc['error']}"
+        )
+    redirect = user.client.get(
+        f"/v1/download/{job_id}",
+        headers=headers,
+        name="/v1/download/[id]",
+        allow_redirects=False,
+        timeout=API_CALL_TIMEOUT_S,
+    )
     if redirect.status_code != 302:
         return report_job(user, "time-to-file", started, error=f"download answered {redirect.status_code}")
     # Straight to the object store, without our API key: the presigned URL is the credential.
-    artifact = user.client.get(redirect.headers["Location"], name="artifact (S3)", headers={"Authorization": None},
-                               timeout=API_CALL_TIMEOUT_S + scaled(env, 60))
+    artifact = user.client.get(
+        redirect.headers["Location"],
+        name="artifact (S3)",
+        headers={"Authorization": None},
+        timeout=API_CALL_TIMEOUT_S + scaled(env, 60),
+    )
     if artifact.status_code != 200:
         return report_job(user, "time-to-file", started, error=f"artifact answered {artifact.status_code}")
     return report_job(user, "time-to-file", started, len(artifact.content), verify(artifact.content, file_ids))

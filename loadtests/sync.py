@@ -39,9 +39,13 @@ def client_timeout_s(environment) -> float:
 def start(user: HttpUser, label: str = "start") -> str:
     """One synchronous download; returns its outcome (see common.classify)."""
     # HttpUser has no timeout unless given one: a naive client that sets none waits forever.
-    with user.client.post("/v1/download/start", json={"file_id": available_file_id()},
-                          headers=auth_headers(user.environment), catch_response=True,
-                          timeout=scaled(user.environment, client_timeout_s(user.environment))) as response:
+    with user.client.post(
+        "/v1/download/start",
+        json={"file_id": available_file_id()},
+        headers=auth_headers(user.environment),
+        catch_response=True,
+        timeout=scaled(user.environment, client_timeout_s(user.environment)),
+    ) as response:
         outcome = classify(response)
         # One stats row per outcome: the row name is what the table groups by.
         response.request_meta["name"] = f"{label} [{outcome}]"

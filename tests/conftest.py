@@ -52,8 +52,24 @@ def valkey(tmp_path_factory):
 
     port = free_base_port(span=1)
     data = tmp_path_factory.mktemp("valkey")
-    server = TCPExecutor([valkey_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-                          "--save", "", "--appendonly", "no"], host="127.0.0.1", port=port, timeout=15)  # fmt: skip
+    server = TCPExecutor(
+        [
+            valkey_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        host="127.0.0.1",
+        port=port,
+        timeout=15,
+    )
     server.start()
     client = Redis(port=port)
     yield client
@@ -62,8 +78,9 @@ def valkey(tmp_path_factory):
 
 
 def start_stack(home: Path, workers: int = 2, **env: str) -> Stack:
-    stack = Stack(home=home, base_port=free_base_port(), time_scale=TIME_SCALE, workers=workers,
-                  env={**STACK_ENV, **env})
+    stack = Stack(
+        home=home, base_port=free_base_port(), time_scale=TIME_SCALE, workers=workers, env={**STACK_ENV, **env}
+    )
     stack.start()
     return stack
 
@@ -119,5 +136,3 @@ def alice(stack):
 def bob(stack):
     with client_for(stack, "bob") as client:
         yield client
-
-

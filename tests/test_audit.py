@@ -13,8 +13,21 @@ from pathlib import Path
 import pytest
 
 from dlkit.kit.cli import main
-from dlkit.kit.timeouts import (ALB_MAIN, ALB_VARIABLES, CLOUDFLARE_VARIABLES, COMPOSE, FILES, GUNICORN_CONF, NGINX_CONF,
-                            ROOT, SETTINGS, STAGING, Level, cut_share, read_chain)  # fmt: skip
+from dlkit.kit.timeouts import (
+    ALB_MAIN,
+    ALB_VARIABLES,
+    CLOUDFLARE_VARIABLES,
+    COMPOSE,
+    FILES,
+    GUNICORN_CONF,
+    NGINX_CONF,
+    ROOT,
+    SETTINGS,
+    STAGING,
+    Level,
+    cut_share,
+    read_chain,
+)
 
 STAGING_MAIN = STAGING / "main.tf"
 # What read_deployment reads besides FILES: the deployments that use them.
@@ -42,7 +55,7 @@ def edit(root: Path, relative: Path, after: str, old: str, new: str) -> str:
     path = root / relative
     content = path.read_text()
     at = content.index(old, content.index(after))
-    path.write_text(content[:at] + new + content[at + len(old):])
+    path.write_text(content[:at] + new + content[at + len(old) :])
     return f"{relative}:{line}"
 
 
@@ -87,8 +100,9 @@ def test_chain_values_carry_their_file_and_line(root):
 
     assert (chain.edge_read_timeout.seconds, chain.lb_idle_timeout.seconds) == (100, 60)
     assert chain.lb_idle_timeout.where == where(root, ALB_VARIABLES, 'variable "idle_timeout"', "default     = 60")
-    assert chain.edge_read_timeout.where == where(root, CLOUDFLARE_VARIABLES, 'variable "proxy_read_timeout"',
-                                                  "default     = 100")
+    assert chain.edge_read_timeout.where == where(
+        root, CLOUDFLARE_VARIABLES, 'variable "proxy_read_timeout"', "default     = 100"
+    )
     assert chain.app.DOWNLOAD_DELAY_MAX_MS.seconds == 120
     status = chain.nginx.location("/v1/download/status/")
     assert status.proxy_read_timeout.seconds == 5 and status.level("proxy_read_timeout") is Level.LOCATION
@@ -139,8 +153,9 @@ def test_gunicorn_closing_before_nginx_is_an_error(root, capsys):
 
 
 def test_an_event_stream_cut_between_heartbeats_is_an_error(root, capsys):
-    changed = edit(root, NGINX_CONF, "location /v1/download/events/ {", "proxy_read_timeout 60s;",
-                   "proxy_read_timeout 10s;")  # fmt: skip
+    changed = edit(
+        root, NGINX_CONF, "location /v1/download/events/ {", "proxy_read_timeout 60s;", "proxy_read_timeout 10s;"
+    )
 
     code, report = run_audit(root, capsys)
 
@@ -162,8 +177,9 @@ def test_a_buffered_event_stream_is_an_error(root, capsys):
 
 
 def test_status_polls_longer_than_the_poll_interval_are_a_warning(root, capsys):
-    changed = edit(root, NGINX_CONF, "location /v1/download/status/ {", "proxy_read_timeout 5s;",
-                   "proxy_read_timeout 30s;")  # fmt: skip
+    changed = edit(
+        root, NGINX_CONF, "location /v1/download/status/ {", "proxy_read_timeout 5s;", "proxy_read_timeout 30s;"
+    )
 
     code, report = run_audit(root, capsys)
 

@@ -14,7 +14,9 @@ INITIATE = "/v1/download/initiate"
 
 BAD_BODIES = {
     "malformed json": dict(content=b'{"file_ids": [70000', headers={"Content-Type": "application/json"}),
-    "wrong content type": dict(content=b"file_ids=70000", headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    "wrong content type": dict(
+        content=b"file_ids=70000", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    ),
     "text body": dict(content=b'{"file_ids": [70000]}', headers={"Content-Type": "text/plain"}),
     "json array": dict(json=[70000]),
     "json null": dict(json=None, headers={"Content-Type": "application/json"}, content=b"null"),
@@ -113,6 +115,7 @@ def test_unknown_routes_and_methods_are_problems_too(alice):
 
 # --- Hostile input: whatever layer answers, a 4xx problem document, never HTML, never a 500 -----
 
+
 def assert_problem(r, status: int | tuple[int, ...] | None = None) -> dict:
     statuses = status if isinstance(status, tuple) else (status,) if status else tuple(range(400, 500))
     assert r.status_code in statuses, (r.status_code, r.text[:300])
@@ -159,17 +162,20 @@ def test_oversized_headers_are_a_431_problem(alice):
     assert_problem(alice.get("/health", headers={"X-Big": "b" * 9_000}), 431)
 
 
-@pytest.mark.parametrize("query", [
-    "limit=1&limit=2&limit=3",
-    "limit[]=1",
-    "limit=1.5",
-    "offset=%zz",
-    "limit=%00",
-    "=&&=",
-    "limit=" + "9" * 5_000,
-    "x=" + "a" * 7_000,
-    "limit=1&" * 900,
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=1&limit=2&limit=3",
+        "limit[]=1",
+        "limit=1.5",
+        "offset=%zz",
+        "limit=%00",
+        "=&&=",
+        "limit=" + "9" * 5_000,
+        "x=" + "a" * 7_000,
+        "limit=1&" * 900,
+    ],
+)
 def test_odd_query_strings(alice, query):
     r = alice.get(f"/v1/downloads?{query}")
     if r.status_code == 200:  # repeated scalars: the first one counts
@@ -178,20 +184,25 @@ def test_odd_query_strings(alice, query):
         assert_problem(r, 400)
 
 
-@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "FOO", "AB", "A" * 25])  # gunicorn would refuse the last two in HTML
+@pytest.mark.parametrize(
+    "method", ["TRACE", "PROPFIND", "FOO", "AB", "A" * 25]
+)  # gunicorn would refuse the last two in HTML
 def test_unknown_and_refused_methods_are_405_problems_with_allow(alice, method):
     r = alice.request(method, "/v1/download/initiate")
     assert_problem(r, 405)
     assert {m.strip() for m in r.headers["Allow"].split(",")} == {"POST", "OPTIONS"}
 
 
-@pytest.mark.parametrize("request_line,status", [
-    (b"get /health HTTP/1.1", 400),  # methods are upper case
-    (b"GET /health HTTP/3.0", 505),
-    (b"GET health HTTP/1.1", 400),
-    ("GET /v1/download/status/é HTTP/1.1".encode(), 400),  # unencoded UTF-8: gunicorn would answer in HTML
-    (b"\x16\x03\x01 TLS hello", 400),
-])
+@pytest.mark.parametrize(
+    "request_line,status",
+    [
+        (b"get /health HTTP/1.1", 400),  # methods are upper case
+        (b"GET /health HTTP/3.0", 505),
+        (b"GET health HTTP/1.1", 400),
+        ("GET /v1/download/status/é HTTP/1.1".encode(), 400),  # unencoded UTF-8: gunicorn would answer in HTML
+        (b"\x16\x03\x01 TLS hello", 400),
+    ],
+)
 def test_malformed_requests_are_problems(stack, request_line, status):
     host, port = stack.entry.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:

@@ -46,10 +46,21 @@ def test_a_ratio_not_measured_is_skipped_not_failed():
 
 
 def test_commandstats_diff_counts_only_what_ran_between_and_drops_info():
-    before = calls_by_command({"cmdstat_get": {"calls": 10, "usec": 5}, "cmdstat_info": {"calls": 3, "usec": 1},
-                               "cmdstat_hgetall": {"calls": 2, "usec": 1}})  # fmt: skip
-    after = calls_by_command({"cmdstat_get": {"calls": 14, "usec": 9}, "cmdstat_info": {"calls": 5, "usec": 2},
-                              "cmdstat_hgetall": {"calls": 2, "usec": 1}, "cmdstat_EVALSHA": {"calls": 4}})  # fmt: skip
+    before = calls_by_command(
+        {
+            "cmdstat_get": {"calls": 10, "usec": 5},
+            "cmdstat_info": {"calls": 3, "usec": 1},
+            "cmdstat_hgetall": {"calls": 2, "usec": 1},
+        }
+    )
+    after = calls_by_command(
+        {
+            "cmdstat_get": {"calls": 14, "usec": 9},
+            "cmdstat_info": {"calls": 5, "usec": 2},
+            "cmdstat_hgetall": {"calls": 2, "usec": 1},
+            "cmdstat_EVALSHA": {"calls": 4},
+        }
+    )
     assert commandstats_diff(before, after) == {"evalsha": 4, "get": 4}
 
 
@@ -62,9 +73,11 @@ def test_medians_and_percentiles():
 
 
 def test_parse_wrk_reads_the_scripts_summary_line():
-    out = ("Running 1s test @ http://127.0.0.1:1/\n  2 threads and 32 connections\n"
-           f'{WRK_MARKER}{{"requests": 500, "duration_us": 2000000, "connect": 0, "read": 1, "write": 0, '
-           '"status": 2, "timeout": 0, "p50_us": 1000, "p99_us": 9000}\n')  # fmt: skip
+    out = (
+        "Running 1s test @ http://127.0.0.1:1/\n  2 threads and 32 connections\n"
+        f'{WRK_MARKER}{{"requests": 500, "duration_us": 2000000, "connect": 0, "read": 1, "write": 0, '
+        '"status": 2, "timeout": 0, "p50_us": 1000, "p99_us": 9000}\n'
+    )
     summary = parse_wrk(out)
     assert summary["rps"] == 250 and summary["errors"] == 3
     with pytest.raises(ValueError):
@@ -74,8 +87,12 @@ def test_parse_wrk_reads_the_scripts_summary_line():
 def test_the_report_prints_every_ratio_with_its_target_and_mark():
     ratios = {key: judge(key, None if key == "p2_chain" else 1.0) for key in TARGETS}
     ratios["p1_direct"] = judge("p1_direct", 0.41)
-    report = {"ratios": ratios, "config": {"time_scale": 0.05, "workers": 4}, "elapsed_s": 1.0,
-              "machine": {"nproc": 2, "cpu_model": "x", "load_average_at_start": [0.0, 0.0, 0.0]}}  # fmt: skip
+    report = {
+        "ratios": ratios,
+        "config": {"time_scale": 0.05, "workers": 4},
+        "elapsed_s": 1.0,
+        "machine": {"nproc": 2, "cpu_model": "x", "load_average_at_start": [0.0, 0.0, 0.0]},
+    }
     console = Console(record=True, width=200)
     print_report(report, console)
     text = console.export_text()
@@ -101,7 +118,11 @@ def test_a_pipeline_is_one_round_trip_and_separate_commands_are_one_each(valkey)
         pipe.execute()
     # The server sees every command of the MULTI/EXEC: why the harness reports both figures.
     assert commandstats_diff(before, calls_by_command(valkey.info("commandstats"))) == {
-        "exec": 1, "get": 1, "multi": 1, "set": 1}  # fmt: skip
+        "exec": 1,
+        "get": 1,
+        "multi": 1,
+        "set": 1,
+    }
 
 
 @pytest.mark.stack
@@ -109,9 +130,30 @@ def test_a_tiny_run_reports_every_ratio(tmp_path):
     """The user's command as written (`dlkit bench --json PATH`), with a tiny budget."""
     dlkit = Path(sys.executable).parent / "dlkit"
     out = tmp_path / "bench.json"
-    command = [str(dlkit), "bench", "--json", str(out), "--time-scale", "0.02", "--workers", "2",
-               "--duration", "1", "--rounds", "1", "--polls", "10", "--p3-files", "2", "--p4-jobs", "2",
-               "--p5-jobs", "1", "--jobs", "3"]  # fmt: skip
+    command = [
+        str(dlkit),
+        "bench",
+        "--json",
+        str(out),
+        "--time-scale",
+        "0.02",
+        "--workers",
+        "2",
+        "--duration",
+        "1",
+        "--rounds",
+        "1",
+        "--polls",
+        "10",
+        "--p3-files",
+        "2",
+        "--p4-jobs",
+        "2",
+        "--p5-jobs",
+        "1",
+        "--jobs",
+        "3",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())

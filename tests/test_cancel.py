@@ -19,8 +19,11 @@ from .support import TERMINAL, available_ids, initiate, poll
 def no_artifact(settings, job_id: str) -> bool:
     s3 = s3_client(settings)
     objects = s3.list_objects_v2(Bucket=settings.S3_BUCKET_NAME, Prefix=artifact_key(job_id)).get("KeyCount", 0)
-    uploads = [u for u in s3.list_multipart_uploads(Bucket=settings.S3_BUCKET_NAME).get("Uploads", [])
-               if u["Key"] == artifact_key(job_id)]
+    uploads = [
+        u
+        for u in s3.list_multipart_uploads(Bucket=settings.S3_BUCKET_NAME).get("Uploads", [])
+        if u["Key"] == artifact_key(job_id)
+    ]
     return objects == 0 and not uploads
 
 

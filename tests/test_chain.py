@@ -25,6 +25,7 @@ from .support import available_ids, initiate, poll
 
 pytestmark = pytest.mark.stack  # some tests start stacks of their own
 
+
 def config_copy(root: Path, edge: int, lb: int, nginx_start: int) -> Path:
     """Copies of the production files with the edge read timeout, the LB idle timeout and nginx's
     read timeout for the legacy `start` route set to these (real, unscaled) seconds."""
@@ -34,16 +35,21 @@ def config_copy(root: Path, edge: int, lb: int, nginx_start: int) -> Path:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """A stack without workers (the synchronous route needs none) whose downloads all take 120 s."""
-    stack = start_stack(tmp_path_factory.mktemp("chain-stack"), workers=0,
-                        DOWNLOAD_DELAY_MIN_MS="120000", DOWNLOAD_DELAY_MAX_MS="120000")
+    stack = start_stack(
+        tmp_path_factory.mktemp("chain-stack"),
+        workers=0,
+        DOWNLOAD_DELAY_MIN_MS="120000",
+        DOWNLOAD_DELAY_MAX_MS="120000",
+    )
     yield stack
     stack.stop()
 
 
 def start_once(entry: str) -> tuple[int, str]:
     with httpx.Client(base_url=entry, timeout=30) as client:
-        r = client.post("/v1/download/start", json={"file_id": 70000},
-                        headers={"Authorization": "Bearer key-alice-0123456789"})
+        r = client.post(
+            "/v1/download/start", json={"file_id": 70000}, headers={"Authorization": "Bearer key-alice-0123456789"}
+        )
     return r.status_code, layer_of(r.status_code, r.headers)
 
 
@@ -97,8 +103,9 @@ def test_a_timed_out_gunicorn_sync_worker_is_aborted_with_a_500(chain, tmp_path)
     chain.reconfigure(config_copy(tmp_path, 150, 150, 150), env={**SYNC_WORKER, "GUNICORN_TIMEOUT_S": "1"})
     try:
         with httpx.Client(base_url=chain.entry, timeout=30) as client:
-            r = client.post("/v1/download/start", json={"file_id": 70000},
-                            headers={"Authorization": "Bearer key-alice-0123456789"})
+            r = client.post(
+                "/v1/download/start", json={"file_id": 70000}, headers={"Authorization": "Bearer key-alice-0123456789"}
+            )
         assert r.status_code == 500 and "X-Dlkit-Layer" not in r.headers
         assert "Internal Server Error" in r.text  # gunicorn's page, not the app's problem document
     finally:
@@ -108,8 +115,12 @@ def test_a_timed_out_gunicorn_sync_worker_is_aborted_with_a_500(chain, tmp_path)
 @pytest.mark.parametrize("timeout_s", [30, 60])
 def test_the_share_cut_matches_the_formula(timeout_s, tmp_path_factory):
     """Delays uniform on [10, 120] s against a tightest timeout T: (120 - T) / 110 are cut."""
-    stack = start_stack(tmp_path_factory.mktemp(f"share-{timeout_s}"), workers=0,
-                        REQUEST_TIMEOUT_MS=str(timeout_s * 1000), RATE_LIMIT_MAX_REQUESTS="100000")
+    stack = start_stack(
+        tmp_path_factory.mktemp(f"share-{timeout_s}"),
+        workers=0,
+        REQUEST_TIMEOUT_MS=str(timeout_s * 1000),
+        RATE_LIMIT_MAX_REQUESTS="100000",
+    )
     try:
         if timeout_s == 60:  # nginx and the LB also wait 60 s: move them (and the edge) out of the way
             stack.reconfigure(config_copy(tmp_path_factory.mktemp("cfg"), 150, 150, 150))
@@ -130,8 +141,9 @@ def test_polling_through_the_chain_sees_no_5xx(stack):
     statuses: Counter = Counter()
 
     def one_download(n: int) -> str:
-        with httpx.Client(base_url=stack.entry, timeout=10,
-                          headers={"Authorization": "Bearer key-alice-0123456789"}) as client:
+        with httpx.Client(
+            base_url=stack.entry, timeout=10, headers={"Authorization": "Bearer key-alice-0123456789"}
+        ) as client:
             r = initiate(client, available_ids(3, start=95_000 + 100 * n))
             statuses[r.status_code] += 1
             final = poll(client, r.json()["jobId"])[-1]
@@ -156,6 +168,8 @@ def test_each_layer_counts_what_it_answered(chain, tmp_path):
     """The edge cut the request (524); the LB and nginx behind it saw their client leave (499)."""
     chain.reconfigure(config_copy(tmp_path, 50, 105, 110), env={"REQUEST_TIMEOUT_MS": "115000"})
     assert start_once(chain.entry) == (524, "edge")
-    assert _counters(chain, "edge").get(("start", "524")) == 1, httpx.get(f"http://127.0.0.1:{chain.ports['edge_metrics']}/metrics").text
+    assert _counters(chain, "edge").get(("start", "524")) == 1, httpx.get(
+        f"http://127.0.0.1:{chain.ports['edge_metrics']}/metrics"
+    ).text
     assert _counters(chain, "lb")[("start", "499")] == 1
     assert _counters(chain, "nginx")[("start", "499")] == 1

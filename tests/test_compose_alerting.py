@@ -18,8 +18,8 @@ import pytest
 import yaml
 from mirakuru import HTTPExecutor
 
-from dlkit.kit.stack import free_base_port
 from dlkit.kit import ROOT
+from dlkit.kit.stack import free_base_port
 
 ALERTMANAGER_DIR = ROOT / "infra" / "alertmanager"
 CONFIG = ALERTMANAGER_DIR / "alertmanager.yml"
@@ -44,7 +44,9 @@ def test_the_alertmanager_config_passes_amtool():
 
 def test_prometheus_alerts_go_to_alertmanager_and_alertmanager_to_alert_log(services):
     prometheus = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
-    targets = [t for am in prometheus["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
+    targets = [
+        t for am in prometheus["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]
+    ]
     assert targets == ["alertmanager:9093"]
     assert "alertmanager" in services and any(p.endswith(":9093") for p in services["alertmanager"]["ports"])
     # Alertmanager mounts the file checked here, and routes every alert to the webhook alert-log serves.
@@ -73,19 +75,46 @@ def test_an_alert_sent_to_alertmanager_is_printed_by_alert_log(tmp_path):
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
     printed = tmp_path / "alert-log.out"
 
-    with open(printed, "wb") as out, HTTPExecutor(
-        [sys.executable, str(LOG_WEBHOOK), "--host", "127.0.0.1", "--port", str(log_port)],
-        url=f"http://127.0.0.1:{log_port}/", method="GET", status=200, timeout=15, stdout=out, stderr=subprocess.DEVNULL,
-    ), HTTPExecutor(
-        [ALERTMANAGER, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{am_port}", f"--cluster.listen-address=127.0.0.1:{cluster_port}",
-         "--cluster.advertise-address=127.0.0.1:" + str(cluster_port)],
-        url=f"http://127.0.0.1:{am_port}/-/ready", method="GET", status=200, timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    ):  # fmt: skip
-        alert = [{"labels": {"alertname": "DlkitTestAlert", "severity": "warning"},
-                  "annotations": {"summary": "A test alert.", "runbook_url": "https://example.com/runbook#test"}}]
-        request = urllib.request.Request(f"http://127.0.0.1:{am_port}/api/v2/alerts", data=json.dumps(alert).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
+    with (
+        open(printed, "wb") as out,
+        HTTPExecutor(
+            [sys.executable, str(LOG_WEBHOOK), "--host", "127.0.0.1", "--port", str(log_port)],
+            url=f"http://127.0.0.1:{log_port}/",
+            method="GET",
+            status=200,
+            timeout=15,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        ),
+        HTTPExecutor(
+            [
+                ALERTMANAGER,
+                f"--config.file={tmp_path / 'alertmanager.yml'}",
+                f"--storage.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{am_port}",
+                f"--cluster.listen-address=127.0.0.1:{cluster_port}",
+                "--cluster.advertise-address=127.0.0.1:" + str(cluster_port),
+            ],
+            url=f"http://127.0.0.1:{am_port}/-/ready",
+            method="GET",
+            status=200,
+            timeout=30,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ):
+        alert = [
+            {
+                "labels": {"alertname": "DlkitTestAlert", "severity": "warning"},
+                "annotations": {"summary": "A test alert.", "runbook_url": "https://example.com/runbook#test"},
+            }
+        ]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{am_port}/api/v2/alerts",
+            data=json.dumps(alert).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=5) as answer:
             assert answer.status == 200
         # Alertmanager notifies on its own schedule: wait for the line rather than for a fixed time.
@@ -111,4 +140,7 @@ def test_alert_log_prints_a_resolved_alert_on_one_line():
         import log_webhook
     finally:
         sys.path.remove(str(ALERTMANAGER_DIR))
-    assert log_webhook.format_alert({"status": "resolved", "labels": {"alertname": "X", "job": "api"}}) == "RESOLVED X job=api"
+    assert (
+        log_webhook.format_alert({"status": "resolved", "labels": {"alertname": "X", "job": "api"}})
+        == "RESOLVED X job=api"
+    )

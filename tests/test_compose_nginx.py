@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlkit.kit import chain
+from dlkit.kit import ROOT, chain
 from dlkit.kit.recipes import nginx_binary
-from dlkit.kit import ROOT
 from dlkit.kit.timeouts import read_chain
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -36,8 +35,14 @@ NGINX_IMAGE = re.compile(r"^nginx:[\w.-]+(@sha256:[0-9a-f]{64})?$")
 TEMPLATE_DIR, SUFFIX, OUTPUT_DIR = "/etc/nginx/templates", ".template", "/etc/nginx/conf.d"
 DEFAULT_COMMAND = ["nginx", "-g", "daemon off;"]
 # Variables every container of the image has besides compose's: the filter must not catch them.
-IMAGE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME": "c0ffee",
-             "HOME": "/root", "NGINX_VERSION": "1.30.0", "NJS_VERSION": "0.9.4", "PKG_RELEASE": "1"}  # fmt: skip
+IMAGE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOSTNAME": "c0ffee",
+    "HOME": "/root",
+    "NGINX_VERSION": "1.30.0",
+    "NJS_VERSION": "0.9.4",
+    "PKG_RELEASE": "1",
+}
 
 
 # Compose ----------------------------------------------------------------------------------------
@@ -145,15 +150,18 @@ def run_entrypoint(service: dict, root: Path) -> list[str]:
     # awk: for (name in ENVIRON) print (name ~ /filter/) ? name : "" -- an empty filter matches all.
     pattern = re.compile(env.get("NGINX_ENVSUBST_FILTER", ""))
     defined = {name: value for name, value in env.items() if pattern.search(name)}
-    templates = {target: source for target, source in binds(service).items()
-                 if target.startswith(template_dir + "/") and target.endswith(suffix)}  # fmt: skip
+    templates = {
+        target: source
+        for target, source in binds(service).items()
+        if target.startswith(template_dir + "/") and target.endswith(suffix)
+    }
     if not templates:  # [ -d "$template_dir" ] || return 0
         return []
     if output_dir not in writable_folders(service) and not output_dir.startswith(OUTPUT_DIR):
         return []  # [ ! -w "$output_dir" ]: "ERROR: ... is not writable", return 0
     written = []
     for target, source in sorted(templates.items()):
-        relative = target[len(template_dir) + 1:-len(suffix)]
+        relative = target[len(template_dir) + 1 : -len(suffix)]
         output = f"{output_dir}/{relative}"
         (root / output.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         (root / output.lstrip("/")).write_text(envsubst(source.read_text(), defined))
@@ -195,9 +203,22 @@ def nginx_t(service: dict, root: Path, hosts: set[str] = frozenset()) -> subproc
     conf = args[args.index("-c") + 1] if "-c" in args else "/etc/nginx/nginx.conf"
     directives = args[args.index("-g") + 1] if "-g" in args else ""
     directives = relocate(directives.replace("load_module modules/ngx_http_js_module.so;", ""), root).strip()
-    return subprocess.run([nginx_binary(), "-t", "-p", f"{root}/etc/nginx/", "-c", relocate(conf, root),
-                           "-e", str(root / "error.log"), *(["-g", directives] if directives else [])],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    return subprocess.run(
+        [
+            nginx_binary(),
+            "-t",
+            "-p",
+            f"{root}/etc/nginx/",
+            "-c",
+            relocate(conf, root),
+            "-e",
+            str(root / "error.log"),
+            *(["-g", directives] if directives else []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 # Tests -----------------------------------------------------------------------------------------
@@ -240,7 +261,7 @@ def test_every_folder_the_entrypoint_writes_to_exists_or_is_mounted(services):
         assert output_dir == OUTPUT_DIR or output_dir in writable_folders(service), (name, output_dir)
     # The image built for ECS (infra/Dockerfile --target nginx) creates its own.
     text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
-    stage = text[text.index("AS nginx"):text.index("AS app")]
+    stage = text[text.index("AS nginx") : text.index("AS app")]
     output_dir = re.search(r"NGINX_ENVSUBST_OUTPUT_DIR=(\S+)", stage)[1]
     assert re.search(rf"^RUN mkdir -p {re.escape(output_dir)}$", stage, re.M), output_dir
 

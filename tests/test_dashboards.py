@@ -115,8 +115,9 @@ def test_datasource_is_a_variable_with_an_import_input(name):
     for ref in refs:
         if isinstance(ref, dict):  # a variable's own "datasource" is its plugin type, not a ref
             assert ref["uid"] in {f"${{{n}}}" for n in datasource_vars}, f"hard-coded datasource {ref}"
-    assert not re.search(r'"uid": "(?!\$\{)[^"]*"', json.dumps(board).replace(f'"uid": "{board["uid"]}"', "")), \
+    assert not re.search(r'"uid": "(?!\$\{)[^"]*"', json.dumps(board).replace(f'"uid": "{board["uid"]}"', "")), (
         "a uid other than the dashboard's own that is not a variable"
+    )
 
 
 def test_every_old_panel_is_kept_and_every_panel_has_a_unit():
@@ -169,9 +170,12 @@ def test_slo_dashboard_shows_budget_and_every_burn_window():
 
 def test_every_runbook_url_is_absolute_from_the_one_setting():
     anchors = runbook_anchors()
-    wrong = [f"{rule['alert']}: {rule['annotations']['runbook_url']}" for rule in alert_rules()
-             if not rule["annotations"]["runbook_url"].startswith(config.RUNBOOK_BASE_URL + "#")
-             or rule["annotations"]["runbook_url"].split("#")[1] not in anchors]
+    wrong = [
+        f"{rule['alert']}: {rule['annotations']['runbook_url']}"
+        for rule in alert_rules()
+        if not rule["annotations"]["runbook_url"].startswith(config.RUNBOOK_BASE_URL + "#")
+        or rule["annotations"]["runbook_url"].split("#")[1] not in anchors
+    ]
     assert not wrong, f"not {config.RUNBOOK_BASE_URL}#<a section of docs/runbook.md>: {wrong}"
 
 
@@ -188,7 +192,9 @@ def test_burn_rate_alerts_follow_the_configured_windows():
             assert rule["labels"]["severity"] == severity
             for window in (long_window, short_window):
                 assert f"{ratio}{window} > ({rate:g} * {budget:g})" in rule["expr"], (alert, window)
-    recorded = {r["record"] for g in yaml.safe_load((PROMETHEUS_DIR / "rules.yml").read_text())["groups"] for r in g["rules"]}
+    recorded = {
+        r["record"] for g in yaml.safe_load((PROMETHEUS_DIR / "rules.yml").read_text())["groups"] for r in g["rules"]
+    }
     for long_window, short_window, _, _ in config.BURN_WINDOWS:
         for window in (long_window, short_window):
             assert f"route:dlkit_http_requests:error_ratio_rate{window}" in recorded

@@ -20,8 +20,14 @@ from dlkit.kit.timeouts import read_chain
 
 def demo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("DLKIT_HOME", "TIME_SCALE", "API_KEYS")}
-    return subprocess.run([sys.executable, "-m", "dlkit.kit.cli", "demo", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "dlkit.kit.cli", "demo", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def one_clear_line(result: subprocess.CompletedProcess) -> str:
@@ -66,8 +72,14 @@ def _entry(method: str, name: str, requests: int, failures: int = 0) -> dict:
 
 
 def test_a_layer_row_reads_the_cut_share_and_the_clients_status():
-    run = _run([_entry("POST", "start [200]", 450), _entry("POST", "start [504 lb]", 550, 550),
-                _entry("GET", "/v1/download/status/[id]", 300), _entry("JOB", "time-to-file", 20)])  # fmt: skip
+    run = _run(
+        [
+            _entry("POST", "start [200]", 450),
+            _entry("POST", "start [504 lb]", 550, 550),
+            _entry("GET", "/v1/download/status/[id]", 300),
+            _entry("JOB", "time-to-file", 20),
+        ]
+    )
     expected = {"layer": "lb", "timeout_s": 60.0, "share": 0.5455}
     row = layer_figures("lb", run, expected)
     assert row["requests"] == 1000 and row["timeout_share_measured"] == 0.55

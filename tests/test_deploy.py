@@ -19,8 +19,8 @@ import jsonschema
 import pytest
 import yaml
 
-from dlkit.settings import Settings
 from dlkit.kit.timeouts import ROOT
+from dlkit.settings import Settings
 
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "infra" / "Dockerfile"
@@ -61,8 +61,12 @@ def test_every_bind_mounted_file_exists(services):
 
 
 def test_every_service_has_a_healthcheck_and_up_converges(services):
-    completed = {dep for s in services.values() for dep, c in s.get("depends_on", {}).items()
-                 if c["condition"] == "service_completed_successfully"}  # fmt: skip
+    completed = {
+        dep
+        for s in services.values()
+        for dep, c in s.get("depends_on", {}).items()
+        if c["condition"] == "service_completed_successfully"
+    }
     for name, service in services.items():
         check = service.get("healthcheck")
         assert check, f"{name} has no healthcheck"
@@ -103,8 +107,11 @@ def test_app_environment_is_what_the_app_reads(services):
             assert variable in known or f'"{variable}"' in process_env, f"{name}: nothing reads {variable}"
     # Every required secret (${VAR:?...}) is in .env.example.
     required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
-    example = {line.partition("=")[0] for line in (ROOT / ".env.example").read_text().splitlines()
-               if line and not line.startswith("#")}  # fmt: skip
+    example = {
+        line.partition("=")[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     assert required and required <= example, required - example
 
 
@@ -123,14 +130,17 @@ def test_ports_agree_across_services(services):
     for name, template in (("edge", "edge.conf.template"), ("lb", "lb.conf.template")):
         env = services[name]["environment"]
         wanted = set(re.findall(r"\$\{(\w+)\}", (ROOT / "proxy" / "emulation" / template).read_text())) | {
-            p for p in placeholders if p in ("DLKIT_NJS_DIR", "DLKIT_LAYER", "DLKIT_METRICS_LISTEN")}
+            p for p in placeholders if p in ("DLKIT_NJS_DIR", "DLKIT_LAYER", "DLKIT_METRICS_LISTEN")
+        }
         assert wanted <= set(env), (name, wanted - set(env))
         assert all(re.match(env["NGINX_ENVSUBST_FILTER"], p) for p in wanted), name
     # Prometheus scrapes the ports the API and the workers serve metrics on.
     prometheus = yaml.safe_load((ROOT / "infra/prometheus/prometheus.yml").read_text())
     scrape = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     assert scrape["api"]["dns_sd_configs"][0]["port"] == port
-    assert scrape["worker"]["dns_sd_configs"][0]["port"] == int(services["worker"]["environment"]["WORKER_METRICS_PORT"])
+    assert scrape["worker"]["dns_sd_configs"][0]["port"] == int(
+        services["worker"]["environment"]["WORKER_METRICS_PORT"]
+    )
     # Presigned URLs are signed for a host port that the S3 server publishes.
     public = services["api"]["environment"]["S3_PUBLIC_ENDPOINT"]
     internal = re.search(r":(\d+)$", services["api"]["environment"]["S3_ENDPOINT"]).group(1)
@@ -226,8 +236,13 @@ def _tf_files() -> list[Path]:
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
 @pytest.mark.parametrize("tree", TERRAFORM_TREES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_terraform_is_formatted(tree):
-    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", str(tree.relative_to(ROOT))],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        ["terraform", "fmt", "-check", "-recursive", str(tree.relative_to(ROOT))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, f"not formatted: {result.stdout}"
 
 
@@ -261,14 +276,32 @@ def checkov() -> Path:
 
 def _checkov_failures(checkov: Path, directory: str) -> list[str]:
     # --skip-download: no call to Prisma Cloud for guidelines; the built-in checks are all local.
-    result = subprocess.run([str(checkov), "--directory", directory, "--framework", "terraform", "--quiet",
-                             "--compact", "--skip-download", "--output", "json"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            str(checkov),
+            "--directory",
+            directory,
+            "--framework",
+            "terraform",
+            "--quiet",
+            "--compact",
+            "--skip-download",
+            "--output",
+            "json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     reports = json.loads(result.stdout or "[]")
     reports = reports if isinstance(reports, list) else [reports]
     assert all(r.get("summary", {}).get("parsing_errors", 0) == 0 for r in reports), result.stdout[-2000:]
-    return [f"{c['check_id']} {c['file_path']}:{c['file_line_range'][0]} {c['resource']}: {c['check_name']}"
-            for r in reports for c in r.get("results", {}).get("failed_checks", [])]  # fmt: skip
+    return [
+        f"{c['check_id']} {c['file_path']}:{c['file_line_range'][0]} {c['resource']}: {c['check_name']}"
+        for r in reports
+        for c in r.get("results", {}).get("failed_checks", [])
+    ]
 
 
 @pytest.mark.slow
@@ -320,13 +353,19 @@ def test_staging_bucket_has_the_kits_lifecycle_rules():
         if "Expiration" in rule:
             kit[rule["ID"]] = ("expire", rule["Filter"]["Prefix"], rule["Expiration"]["Days"])
         else:
-            kit[rule["ID"]] = ("abort", rule["Filter"]["Prefix"], rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
+            kit[rule["ID"]] = (
+                "abort",
+                rule["Filter"]["Prefix"],
+                rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"],
+            )
     assert staging == kit
 
 
 def _statements(document: dict) -> list[dict]:
-    return [{k: [_unquote(v) for v in values] if isinstance(values, list) else values for k, values in st.items()}
-            for st in document["statement"]]  # fmt: skip
+    return [
+        {k: [_unquote(v) for v in values] if isinstance(values, list) else values for k, values in st.items()}
+        for st in document["statement"]
+    ]
 
 
 def _module(name: str) -> dict:
@@ -347,8 +386,11 @@ def test_the_scheduler_may_run_the_queue_depth_task_at_any_revision():
 
 
 def test_a_missing_queue_depth_metric_is_an_alarm_not_silence():
-    alarms = [a for a in _blocks("resource", "aws_cloudwatch_metric_alarm").values()
-              if _unquote(a["metric_name"]) == "QueueDepth"]  # fmt: skip
+    alarms = [
+        a
+        for a in _blocks("resource", "aws_cloudwatch_metric_alarm").values()
+        if _unquote(a["metric_name"]) == "QueueDepth"
+    ]
     missing = [a for a in alarms if _unquote(a["treat_missing_data"]) == "breaching"]
     assert len(missing) == 1, "no alarm fires when the queue-depth task stops publishing"
     assert "alarm_topic_arn" in str(missing[0]["alarm_actions"])
@@ -360,11 +402,18 @@ def test_a_missing_queue_depth_metric_is_an_alarm_not_silence():
 
 # boto3 S3 calls and the IAM action that authorises each.
 S3_ACTIONS = {
-    "put_object": "s3:PutObject", "create_multipart_upload": "s3:PutObject", "upload_part": "s3:PutObject",
-    "complete_multipart_upload": "s3:PutObject", "abort_multipart_upload": "s3:AbortMultipartUpload",
-    "list_parts": "s3:ListMultipartUploadParts", "delete_object": "s3:DeleteObject", "get_object": "s3:GetObject",
-    "generate_presigned_url": "s3:GetObject", "head_bucket": "s3:ListBucket", "head_object": "s3:GetObject",
-}  # fmt: skip
+    "put_object": "s3:PutObject",
+    "create_multipart_upload": "s3:PutObject",
+    "upload_part": "s3:PutObject",
+    "complete_multipart_upload": "s3:PutObject",
+    "abort_multipart_upload": "s3:AbortMultipartUpload",
+    "list_parts": "s3:ListMultipartUploadParts",
+    "delete_object": "s3:DeleteObject",
+    "get_object": "s3:GetObject",
+    "generate_presigned_url": "s3:GetObject",
+    "head_bucket": "s3:ListBucket",
+    "head_object": "s3:GetObject",
+}
 
 
 def _s3_calls(*sources: str) -> set[str]:
@@ -398,7 +447,9 @@ def test_cloudflare_read_timeout_is_written_only_on_an_enterprise_zone():
     assert variables['"enterprise"']["default"] is False
     # The module and the audit know the same two defaults, and the module's value is one of them.
     main = hcl2.loads((cloudflare / "main.tf").read_text())
-    module_defaults = next(b["default_proxy_read_timeouts"] for b in main["locals"] if "default_proxy_read_timeouts" in b)
+    module_defaults = next(
+        b["default_proxy_read_timeouts"] for b in main["locals"] if "default_proxy_read_timeouts" in b
+    )
     assert tuple(float(d) for d in module_defaults) == CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S == (100.0, 125.0)
     assert float(variables['"proxy_read_timeout"']["default"]) in CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S
     # Staging passes the gate, off unless the user's zone is Enterprise.
@@ -419,7 +470,7 @@ def test_the_audit_knows_both_cloudflare_defaults(tmp_path, default, warned):
     text = variables.read_text()
     block = text.index('variable "proxy_read_timeout"')
     at = text.index("default     = 100", block)
-    variables.write_text(text[:at] + f"default     = {default}" + text[at + len("default     = 100"):])
+    variables.write_text(text[:at] + f"default     = {default}" + text[at + len("default     = 100") :])
 
     findings = audit(read_chain(tmp_path))
 
@@ -452,8 +503,10 @@ def test_the_redis_auth_token_has_an_update_strategy():
 def test_staging_requires_api_keys_from_secrets_manager():
     # Public staging without API_KEYS: every visitor is the one anonymous tenant and sees every artifact.
     definitions = _blocks("resource", "aws_ecs_task_definition")
-    secret = re.search(r'\{\s*name\s*=\s*"API_KEYS",\s*valueFrom\s*=\s*aws_secretsmanager_secret\.(\w+)\.arn\s*\}',
-                       definitions["api"]["container_definitions"])  # fmt: skip
+    secret = re.search(
+        r'\{\s*name\s*=\s*"API_KEYS",\s*valueFrom\s*=\s*aws_secretsmanager_secret\.(\w+)\.arn\s*\}',
+        definitions["api"]["container_definitions"],
+    )
     assert secret, "the API task gets no API_KEYS secret"
     name = secret.group(1)
     assert name in _blocks("resource", "aws_secretsmanager_secret")
@@ -470,7 +523,9 @@ def test_nginx_believes_the_client_address_only_from_cloudflare_through_the_alb(
     assert re.search(r"^\s*real_ip_header CF-Connecting-IP;$", template, re.M)
     assert re.findall(r"^\s*set_real_ip_from (\S+);$", template, re.M) == ["${DLKIT_TRUSTED_PROXIES}"]
     # The edge emulation sets the header as Cloudflare does, overwriting what a client sent.
-    assert "proxy_set_header CF-Connecting-IP $remote_addr;" in (ROOT / "proxy/emulation/edge.conf.template").read_text()
+    assert (
+        "proxy_set_header CF-Connecting-IP $remote_addr;" in (ROOT / "proxy/emulation/edge.conf.template").read_text()
+    )
     # Staging: nginx trusts only the VPC (the ALB), and the ALB answers only Cloudflare's published ranges.
     nginx = _blocks("resource", "aws_ecs_task_definition")["api"]["container_definitions"]
     assert re.search(r'name\s*=\s*"DLKIT_TRUSTED_PROXIES",\s*value\s*=\s*var\.vpc_cidr', nginx)
@@ -510,22 +565,44 @@ def test_the_rate_limit_sees_the_real_client_through_nginx(tmp_path):
     base = free_base_port()
 
     def through_nginx(trusted: str) -> str:
-        values = {"DLKIT_UPSTREAM": f"127.0.0.1:{app.server_port}", "DLKIT_LISTEN": f"127.0.0.1:{base}",
-                  "DLKIT_TRUSTED_PROXIES": trusted, "DLKIT_NJS_DIR": chain.ROOT / "proxy" / "nginx",
-                  "DLKIT_LAYER": "nginx", "DLKIT_METRICS_LISTEN": f"127.0.0.1:{base + 1}",
-                  "DLKIT_ACCESS_LOG": tmp_path / "access.log", "DLKIT_CONF_DIR": tmp_path}  # fmt: skip
+        values = {
+            "DLKIT_UPSTREAM": f"127.0.0.1:{app.server_port}",
+            "DLKIT_LISTEN": f"127.0.0.1:{base}",
+            "DLKIT_TRUSTED_PROXIES": trusted,
+            "DLKIT_NJS_DIR": chain.ROOT / "proxy" / "nginx",
+            "DLKIT_LAYER": "nginx",
+            "DLKIT_METRICS_LISTEN": f"127.0.0.1:{base + 1}",
+            "DLKIT_ACCESS_LOG": tmp_path / "access.log",
+            "DLKIT_CONF_DIR": tmp_path,
+        }
         (tmp_path / "dlkit.conf").write_text(chain.fill((chain.ROOT / chain.NGINX_TEMPLATE).read_text(), values))
         (tmp_path / "metrics.conf").write_text(chain.fill((chain.ROOT / chain.METRICS_TEMPLATE).read_text(), values))
-        (tmp_path / "nginx.conf").write_text(chain.fill((chain.ROOT / chain.LOCAL_WRAPPER).read_text(), {
-            "USER_DIRECTIVE": "", "PREFIX": tmp_path, "ERROR_LOG": tmp_path / "error.log"}))
-        command = [nginx_binary(), "-p", f"{tmp_path}/", "-c", str(tmp_path / "nginx.conf"),
-                   "-e", str(tmp_path / "error.log"), "-g", "daemon off;"]  # fmt: skip
+        (tmp_path / "nginx.conf").write_text(
+            chain.fill(
+                (chain.ROOT / chain.LOCAL_WRAPPER).read_text(),
+                {"USER_DIRECTIVE": "", "PREFIX": tmp_path, "ERROR_LOG": tmp_path / "error.log"},
+            )
+        )
+        command = [
+            nginx_binary(),
+            "-p",
+            f"{tmp_path}/",
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-e",
+            str(tmp_path / "error.log"),
+            "-g",
+            "daemon off;",
+        ]
         with TCPExecutor(command, host="127.0.0.1", port=base, timeout=10):  # started, and listening
             conn = http.client.HTTPConnection("127.0.0.1", base, timeout=5)
             try:
                 # A client claiming other addresses in both headers: only the trusted hop is believed.
-                conn.request("GET", "/v1/anything", headers={"CF-Connecting-IP": "203.0.113.7",
-                                                            "X-Forwarded-For": "198.51.100.66"})  # fmt: skip
+                conn.request(
+                    "GET",
+                    "/v1/anything",
+                    headers={"CF-Connecting-IP": "203.0.113.7", "X-Forwarded-For": "198.51.100.66"},
+                )
                 assert conn.getresponse().status == 200
             finally:
                 conn.close()
@@ -542,8 +619,9 @@ def test_the_rate_limit_sees_the_real_client_through_nginx(tmp_path):
 
 
 def test_what_a_real_apply_needs_is_in_the_repository():
-    variables = {_unquote(k): v for b in hcl2.loads((TERRAFORM / "variables.tf").read_text())["variable"]
-                 for k, v in b.items()}  # fmt: skip
+    variables = {
+        _unquote(k): v for b in hcl2.loads((TERRAFORM / "variables.tf").read_text())["variable"] for k, v in b.items()
+    }
     example = hcl2.loads((TERRAFORM / "terraform.tfvars.example").read_text())
     example.pop("__comments__", None)
     required = {name for name, body in variables.items() if "default" not in body}
@@ -559,6 +637,8 @@ def test_what_a_real_apply_needs_is_in_the_repository():
     assert _unquote(ecr["image_tag_mutability"]) == "IMMUTABLE"
     assert set(re.findall(r'"([\w-]+)"', ecr["for_each"])) == {"dlkit", "dlkit-nginx"}
     # What a user needs after the apply.
-    outputs = {_unquote(k): v for b in hcl2.loads((TERRAFORM / "outputs.tf").read_text())["output"] for k, v in b.items()}
+    outputs = {
+        _unquote(k): v for b in hcl2.loads((TERRAFORM / "outputs.tf").read_text())["output"] for k, v in b.items()
+    }
     assert {"url", "dashboards", "log_groups", "ecr_repositories", "api_keys"} <= set(outputs)
     assert outputs["api_keys"]["sensitive"] is True

@@ -18,7 +18,7 @@ def read_stream(client, job_id: str) -> tuple[list[dict], int]:
             if line.startswith(": heartbeat"):
                 heartbeats += 1
             elif line.startswith("data: "):
-                statuses.append(json.loads(line[len("data: "):]))
+                statuses.append(json.loads(line[len("data: ") :]))
     return statuses, heartbeats
 
 

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from .support import TERMINAL, available_ids, initiate, poll
+from .support import available_ids, initiate, poll
 
 
 def test_redis_down_gives_503_quickly_and_the_api_recovers(slow):
@@ -20,9 +20,11 @@ def test_redis_down_gives_503_quickly_and_the_api_recovers(slow):
 
         slow.stack.stop_component("valkey")
         try:
-            for method, path, body in [("GET", f"/v1/download/status/{job_id}", None),
-                                       ("POST", "/v1/download/initiate", {"file_ids": [70000]}),
-                                       ("GET", "/v1/downloads", None)]:
+            for method, path, body in [
+                ("GET", f"/v1/download/status/{job_id}", None),
+                ("POST", "/v1/download/initiate", {"file_ids": [70000]}),
+                ("GET", "/v1/downloads", None),
+            ]:
                 started = time.monotonic()
                 r = alice.request(method, path, json=body)
                 assert r.status_code == 503, r.text

@@ -4,15 +4,31 @@ from dlkit.jobs import Job, JobStatus
 
 
 def make_job(**kw) -> Job:
-    base = dict(id="j", owner="o", status=JobStatus.QUEUED, file_ids=[70000, 70001, 70007, 70014],
-                delay_s=8.0, created_at=1000.0, updated_at=1000.0)
+    base = dict(
+        id="j",
+        owner="o",
+        status=JobStatus.QUEUED,
+        file_ids=[70000, 70001, 70007, 70014],
+        delay_s=8.0,
+        created_at=1000.0,
+        updated_at=1000.0,
+    )
     return Job(**{**base, **kw})
 
 
 def test_hash_round_trip_keeps_every_field():
-    job = make_job(status=JobStatus.COMPLETED, processed_files=4, unavailable_file_ids=[70001],
-                   started_at=1001.5, finished_at=1010.25, heartbeat_at=1010.0, artifact_key="k",
-                   artifact_size=123, artifact_sha256="ab", error=None)
+    job = make_job(
+        status=JobStatus.COMPLETED,
+        processed_files=4,
+        unavailable_file_ids=[70001],
+        started_at=1001.5,
+        finished_at=1010.25,
+        heartbeat_at=1010.0,
+        artifact_key="k",
+        artifact_size=123,
+        artifact_sha256="ab",
+        error=None,
+    )
     assert Job.from_hash(job.to_hash()) == job
 
 
@@ -35,6 +51,16 @@ def test_progress_is_the_share_of_files_processed():
 
 def test_api_document_has_the_contract_fields():
     doc = make_job().to_api(now=1000.0)
-    assert {"jobId", "status", "progress", "totalFiles", "processedFiles", "downloadUrl", "error", "createdAt",
-            "updatedAt", "estimatedSecondsRemaining"} <= doc.keys()
+    assert {
+        "jobId",
+        "status",
+        "progress",
+        "totalFiles",
+        "processedFiles",
+        "downloadUrl",
+        "error",
+        "createdAt",
+        "updatedAt",
+        "estimatedSecondsRemaining",
+    } <= doc.keys()
     assert doc["createdAt"] == "1970-01-01T00:16:40.000Z"

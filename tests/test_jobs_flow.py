@@ -77,7 +77,9 @@ def test_progress_never_goes_back_counts_add_up_and_estimate_falls(alice):
     assert progress == sorted(progress)
     for doc in seen:
         assert doc["processedFiles"] <= doc["totalFiles"] == 12
-        assert doc["progress"] == pytest.approx(100 * doc["processedFiles"] / 12, abs=0.1) or doc["status"] == "completed"
+        assert (
+            doc["progress"] == pytest.approx(100 * doc["processedFiles"] / 12, abs=0.1) or doc["status"] == "completed"
+        )
     estimates = [d["estimatedSecondsRemaining"] for d in processing]
     assert estimates == sorted(estimates, reverse=True)
     assert estimates[0] > estimates[-1]
@@ -109,8 +111,11 @@ def test_large_artifacts_use_multipart_upload(alice, settings):
 
 def test_someone_elses_job_is_not_found(alice, bob):
     job_id = initiate(alice, [70000]).json()["jobId"]
-    for method, path in [("GET", f"/v1/download/status/{job_id}"), ("GET", f"/v1/download/{job_id}"),
-                         ("POST", f"/v1/download/cancel/{job_id}")]:
+    for method, path in [
+        ("GET", f"/v1/download/status/{job_id}"),
+        ("GET", f"/v1/download/{job_id}"),
+        ("POST", f"/v1/download/cancel/{job_id}"),
+    ]:
         r = bob.request(method, path)
         assert r.status_code == 404, (path, r.text)
         assert r.headers["Content-Type"] == "application/problem+json"

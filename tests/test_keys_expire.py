@@ -21,21 +21,28 @@ from dlkit.settings import Settings
 from .conftest import STACK_ENV, start_stack
 from .support import available_ids, client_for, initiate, poll
 
+pytestmark = pytest.mark.stack  # a stack of its own
+
 # Keys meant to persist: (pattern, why that is bounded).
 PERSISTENT = [
     ("rq:queues", "RQ's set of queue names: one entry per queue"),
     ("rq:queue:*", "RQ's queue lists: emptied as workers take jobs, and gone when empty"),
     ("rq:workers", "RQ's set of live workers: a worker leaves it when it stops or its own key expires"),
     ("rq:workers:*", "the same, per queue"),
-    ("rq:wip:*", "RQ's job registries (sorted sets): each entry carries its own expiry as its score,"
-                 " and RQ's maintenance drops the expired ones"),
+    (
+        "rq:wip:*",
+        "RQ's job registries (sorted sets): each entry carries its own expiry as its score,"
+        " and RQ's maintenance drops the expired ones",
+    ),
     ("rq:finished:*", "the same"),
     ("rq:failed:*", "the same"),
     ("rq:canceled:*", "the same"),
     ("rq:scheduled:*", "the same"),
     ("rq:deferred:*", "the same"),
-    *[(key, "one of a fixed set of counters (dlkit/accounting.py) that `dlkit demo` resets")
-      for key in accounting.KEYS],
+    *[
+        (key, "one of a fixed set of counters (dlkit/accounting.py) that `dlkit demo` resets")
+        for key in accounting.KEYS
+    ],
 ]
 # Keys of a job (its record, its RQ job, its result) must always expire.
 MUST_EXPIRE = ["dlkit:job:*", "rq:job:*", "rq:results:*", accounting.downloaded_ids_key(0).replace(":0", ":*")]
@@ -72,7 +79,10 @@ def wait_rq_done(redis: Redis, job_id: str, timeout_s: float = 20) -> None:
 
 def test_every_key_expires_after_jobs_of_every_kind(kit):
     stack, redis = kit
-    processing = lambda doc: doc["status"] == "processing"
+
+    def processing(doc):
+        return doc["status"] == "processing"
+
     with client_for(stack, "alice") as alice:
         completed = initiate(alice, available_ids(2)).json()["jobId"]
         failed = initiate(alice, [70001, 70002]).json()["jobId"]  # no file available

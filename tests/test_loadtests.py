@@ -25,16 +25,44 @@ pytestmark = pytest.mark.stack
 LOADTESTS = ROOT / "loadtests"
 
 
-def locust(stack, tmp_path: Path, locustfile: str, seconds: int = 5, users: int = 3, **env: str) -> dict[tuple[str, str], dict]:
+def locust(
+    stack, tmp_path: Path, locustfile: str, seconds: int = 5, users: int = 3, **env: str
+) -> dict[tuple[str, str], dict]:
     """Run one locustfile headless against the stack; its stats entries by (method, name)."""
     out = tmp_path / "stats"
     command = [
-        sys.executable, "-m", "locust", "-f", locustfile, "--host", stack.entry, "--headless",
-        "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--stop-timeout", "10s",
-        "--time-scale", str(TIME_SCALE), "--json-file", str(out), "--only-summary", "--exit-code-on-error", "0",
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=LOADTESTS, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "DLKIT_API_KEY": API_KEYS["alice"], **env})  # fmt: skip
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        locustfile,
+        "--host",
+        stack.entry,
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(users),
+        "-t",
+        f"{seconds}s",
+        "--stop-timeout",
+        "10s",
+        "--time-scale",
+        str(TIME_SCALE),
+        "--json-file",
+        str(out),
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=LOADTESTS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DLKIT_API_KEY": API_KEYS["alice"], **env},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return {(e["method"], e["name"]): e for e in json.loads(Path(f"{out}.json").read_text())}
 

@@ -45,7 +45,10 @@ def operations(document: dict):
 def test_the_document_is_valid_openapi(document):
     validate(document)  # raises on the first error, e.g. `securitySchemes: null`
     assert document["components"]["securitySchemes"]["apiKey"] == {
-        "type": "http", "scheme": "bearer", "description": "An API key from API_KEYS (none needed when it is unset)."}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from API_KEYS (none needed when it is unset).",
+    }
 
 
 def test_every_error_is_documented_as_problem_json(document):
@@ -118,8 +121,13 @@ def test_trace_gets_405_problem_with_the_routes_allow_at_every_layer(stack, docu
             assert r.status_code == 405, (layer, path)
             assert r.headers["Content-Type"] == PROBLEM and r.headers["X-Dlkit-Layer"] == layer
             assert r.json() | {"requestId": None} == {
-                "type": "about:blank", "title": "Method Not Allowed", "status": 405, "layer": layer,
-                "detail": r.json()["detail"], "requestId": None}
+                "type": "about:blank",
+                "title": "Method Not Allowed",
+                "status": 405,
+                "layer": layer,
+                "detail": r.json()["detail"],
+                "requestId": None,
+            }
             assert allow(r) == methods, (layer, path)
 
 
@@ -137,10 +145,20 @@ def cancel_active_jobs(client: httpx.Client) -> None:
 def test_schemathesis_with_every_check_finds_nothing(stack, alice):
     """The command in schemathesis.toml's header, on a bounded budget, run from the repository's root
     (where it reads schemathesis.toml), through the whole chain. By hand: raise --max-examples."""
-    command = [shutil.which("schemathesis", path=os.path.dirname(sys.executable)) or "schemathesis", "run",
-               f"{stack.entry}/openapi.json", "--checks", "all",
-               "-H", f"Authorization: Bearer {API_KEYS['alice']}",
-               "--max-examples", "20", "--workers", "2", "--no-color"]
+    command = [
+        shutil.which("schemathesis", path=os.path.dirname(sys.executable)) or "schemathesis",
+        "run",
+        f"{stack.entry}/openapi.json",
+        "--checks",
+        "all",
+        "-H",
+        f"Authorization: Bearer {API_KEYS['alice']}",
+        "--max-examples",
+        "20",
+        "--workers",
+        "2",
+        "--no-color",
+    ]
     try:
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     finally:

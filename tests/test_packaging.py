@@ -13,8 +13,19 @@ from packaging.utils import canonicalize_name
 from dlkit.kit import ROOT
 
 # The kit's tooling and test dependencies: none may reach the runtime image.
-NOT_IN_RUNTIME = {"locust", "matplotlib", "python-hcl2", "lark", "crossplane", "mirakuru", "pyyaml",
-                  "grafana-foundation-sdk", "pytest", "schemathesis", "playwright"}  # fmt: skip
+NOT_IN_RUNTIME = {
+    "locust",
+    "matplotlib",
+    "python-hcl2",
+    "lark",
+    "crossplane",
+    "mirakuru",
+    "pyyaml",
+    "grafana-foundation-sdk",
+    "pytest",
+    "schemathesis",
+    "playwright",
+}
 
 
 def closure(name: str, extras: frozenset[str] = frozenset()) -> set[str]:
@@ -33,8 +44,9 @@ def closure(name: str, extras: frozenset[str] = frozenset()) -> set[str]:
             continue  # a marker-less optional dependency not installed here is not needed either
         for line in requirements:
             requirement = Requirement(line)
-            if requirement.marker and not any(requirement.marker.evaluate({"extra": extra})
-                                              for extra in (wanted or {""})):  # fmt: skip
+            if requirement.marker and not any(
+                requirement.marker.evaluate({"extra": extra}) for extra in (wanted or {""})
+            ):
                 continue
             todo.append((requirement.name, frozenset(requirement.extras)))
     return {key for key, _ in seen} - {canonicalize_name(name)}
@@ -63,8 +75,11 @@ def _imports(*paths) -> set[str]:
 
 def test_the_api_and_the_workers_never_import_the_tooling():
     # The runtime is app/, worker/ and the modules directly in dlkit/ (settings, jobs, storage, ...).
-    for where, paths in (("app/", (ROOT / "app").rglob("*.py")), ("worker/", (ROOT / "worker").rglob("*.py")),
-                         ("dlkit/*.py", (ROOT / "dlkit").glob("*.py"))):  # fmt: skip
+    for where, paths in (
+        ("app/", (ROOT / "app").rglob("*.py")),
+        ("worker/", (ROOT / "worker").rglob("*.py")),
+        ("dlkit/*.py", (ROOT / "dlkit").glob("*.py")),
+    ):
         tooling = {name for name in _imports(*paths) if name == "dlkit.kit" or name.startswith("dlkit.kit.")}
         assert not tooling, f"{where} imports {tooling}"
 

@@ -127,8 +127,10 @@ def scraped(stack) -> httpx.Client:
         if scraped_at is None:
             targets = prometheus.get("/api/v1/targets").raise_for_status().json()["data"]["activeTargets"]
             # Two scrapes after the load: rate() needs two samples of a series the load created.
-            if targets and all(t["health"] == "up" and _epoch(t["lastScrape"]) > loaded + _seconds(t["scrapeInterval"])
-                               for t in targets):  # fmt: skip
+            if targets and all(
+                t["health"] == "up" and _epoch(t["lastScrape"]) > loaded + _seconds(t["scrapeInterval"])
+                for t in targets
+            ):
                 scraped_at = time.time()
         else:
             groups = prometheus.get("/api/v1/rules").raise_for_status().json()["data"]["groups"]
@@ -160,14 +162,16 @@ def _seconds(duration: str) -> float:
     """A Prometheus duration as the API reports a scrape interval: "1s", "300ms", "1m"."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     number = duration.rstrip("smh")
-    return float(number) * units[duration[len(number):]]
+    return float(number) * units[duration[len(number) :]]
 
 
 def _epoch(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339).timestamp()  # Python 3.11 reads Prometheus' nanoseconds
 
 
-@pytest.mark.parametrize(("where", "expr"), [pytest.param(w, e, id=w) for w, e in dashboard_expressions() + recording_rules()])
+@pytest.mark.parametrize(
+    ("where", "expr"), [pytest.param(w, e, id=w) for w, e in dashboard_expressions() + recording_rules()]
+)
 def test_expression_parses_and_has_data(scraped, where, expr):
     r = scraped.get("/api/v1/query", params={"query": expr})
     assert r.status_code == 200, f"{where}: {r.text}"

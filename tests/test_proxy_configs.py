@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from dlkit.kit import chain
-from dlkit.layers import layer_of
 from dlkit.kit.recipes import nginx_binary
+from dlkit.layers import layer_of
 
 PRODUCTION_VALUES = {
     "DLKIT_UPSTREAM": "127.0.0.1:8000",
@@ -31,8 +31,11 @@ def nginx_t(tmp_path: Path, http_block: str) -> subprocess.CompletedProcess:
         f"  fastcgi_temp_path {tmp_path}/ft;\n  uwsgi_temp_path {tmp_path}/ut;\n  scgi_temp_path {tmp_path}/st;\n"
         f"{http_block}\n}}\n"
     )
-    return subprocess.run([nginx_binary(), "-t", "-p", f"{tmp_path}/", "-c", str(conf), "-e", str(tmp_path / "error.log")],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [nginx_binary(), "-t", "-p", f"{tmp_path}/", "-c", str(conf), "-e", str(tmp_path / "error.log")],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_the_production_server_block_passes_nginx_t(tmp_path):
@@ -46,7 +49,10 @@ def test_the_production_server_block_passes_nginx_t(tmp_path):
 
 def test_every_timeout_in_the_production_file_is_explicit():
     text = (chain.ROOT / chain.NGINX_TEMPLATE).read_text()
-    body = lambda location: re.search(r"location %s \{(.*?)\n    \}" % re.escape(location), text, re.DOTALL)[1]
+
+    def body(location):
+        return re.search(rf"location {re.escape(location)} \{{(.*?)\n    \}}", text, re.DOTALL)[1]
+
     for location in ["= /v1/download/initiate", "/v1/download/status/", "= /v1/download/start", "/v1/download/events/"]:
         for directive in ("proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout"):
             assert re.search(rf"^\s+{directive} \d+s;", body(location), re.MULTILINE), (location, directive)
@@ -81,7 +87,9 @@ def test_the_layer_of_an_answer():
     assert layer_of(504, {**problem, "X-Dlkit-Layer": "lb"}) == "lb"
     assert layer_of(524, {**problem, "X-Dlkit-Layer": "edge"}) == "edge"
     # What the real services send (no X-Dlkit-Layer): Cloudflare, an AWS ALB, a stock nginx.
-    assert layer_of(524, {"Server": "cloudflare", "cf-ray": "8c1d2e3f4a5b6c7d-AMS", "Content-Type": "text/html"}) == "edge"
+    assert (
+        layer_of(524, {"Server": "cloudflare", "cf-ray": "8c1d2e3f4a5b6c7d-AMS", "Content-Type": "text/html"}) == "edge"
+    )
     assert layer_of(502, {"Server": "cloudflare", "Content-Type": "text/html; charset=UTF-8"}) == "edge"
     # Relayed through Cloudflare, the origin's answer keeps its content type: still the app's.
     assert layer_of(504, {"Server": "cloudflare", "cf-ray": "1", **problem}) == "app"

@@ -33,8 +33,18 @@ NOT_RUN = "# not run by the tests:"
 # The quick variants the README offers for its long commands.
 QUICK = {"make demo": "make demo QUICK=1"}
 # What a new user's shell does not have: settings of this test run that would change the commands.
-CLEAN_ENV = ("TIME_SCALE", "API_KEYS", "RATE_LIMIT_MAX_REQUESTS", "REDIS_URL", "S3_ENDPOINT", "DLKIT_HOME",
-             "DLKIT_BASE_PORT", "DLKIT_API_KEY", "PYTEST_CURRENT_TEST", "VIRTUAL_ENV")  # fmt: skip
+CLEAN_ENV = (
+    "TIME_SCALE",
+    "API_KEYS",
+    "RATE_LIMIT_MAX_REQUESTS",
+    "REDIS_URL",
+    "S3_ENDPOINT",
+    "DLKIT_HOME",
+    "DLKIT_BASE_PORT",
+    "DLKIT_API_KEY",
+    "PYTEST_CURRENT_TEST",
+    "VIRTUAL_ENV",
+)
 
 
 def blocks(text: str) -> list[list[str]]:
@@ -50,7 +60,7 @@ def commands(text: str) -> tuple[list[list[str]], list[tuple[str, str]]]:
     runnable, skipped = [], []
     for lines in blocks(text):
         marked = lines and lines[0].strip().startswith(NOT_RUN)
-        reason = lines[0].strip()[len(NOT_RUN):].strip() if marked else ""
+        reason = lines[0].strip()[len(NOT_RUN) :].strip() if marked else ""
         run = []
         for line in lines:
             command, _, comment = line.partition(" #")
@@ -58,7 +68,7 @@ def commands(text: str) -> tuple[list[list[str]], list[tuple[str, str]]]:
             if not command or command.startswith("#"):
                 continue
             if marked or NOT_RUN in line:
-                why = reason or line[line.index(NOT_RUN) + len(NOT_RUN):].strip()
+                why = reason or line[line.index(NOT_RUN) + len(NOT_RUN) :].strip()
                 skipped.append((command, why))
             else:
                 run.append(command)
@@ -83,8 +93,16 @@ def test_every_command_is_run_or_says_why_not():
 @pytest.fixture(scope="module")
 def fresh_copy(tmp_path_factory):
     """The files a clone of this checkout has (tracked, plus new files not ignored), mtimes kept."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")  # fmt: skip
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     copy = tmp_path_factory.mktemp("fresh") / "dlkit"
     for relative in filter(None, listed):
         source = ROOT / relative
@@ -118,8 +136,9 @@ def test_the_readme_commands_work_from_a_fresh_copy(fresh_copy):
         todo = [command for index, command in enumerate(todo) if command not in ran + todo[:index]]
         ran += todo
         script = "set -euo pipefail\n" + "\n".join(todo)
-        result = subprocess.run(["bash", "-c", script], cwd=fresh_copy, env=env, capture_output=True, text=True,
-                                timeout=600)  # fmt: skip
+        result = subprocess.run(
+            ["bash", "-c", script], cwd=fresh_copy, env=env, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, f"{block}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         # Nothing any block started is left behind (`dlkit up` is always followed by `down`).
         assert not _leftovers(fresh_copy), _leftovers(fresh_copy)

@@ -26,9 +26,16 @@ def test_health_reports_each_check(alice):
 def test_openapi_document_describes_every_route_from_the_validating_models(alice):
     doc = alice.get("/openapi.json").json()
     paths = doc["paths"]
-    for path in ["/health", "/v1/download/check", "/v1/download/start", "/v1/download/initiate",
-                 "/v1/download/status/{job_id}", "/v1/download/{job_id}", "/v1/download/cancel/{job_id}",
-                 "/v1/downloads"]:
+    for path in [
+        "/health",
+        "/v1/download/check",
+        "/v1/download/start",
+        "/v1/download/initiate",
+        "/v1/download/status/{job_id}",
+        "/v1/download/{job_id}",
+        "/v1/download/cancel/{job_id}",
+        "/v1/downloads",
+    ]:
         assert path in paths, path
     schema = doc["components"]["schemas"]["InitiateRequest"]
     items = schema["properties"]["file_ids"]["items"]
@@ -56,9 +63,14 @@ def test_rate_limit_headers_are_sent(alice):
 
 
 def test_cors_preflight_allows_the_api_headers(alice):
-    r = alice.options("/v1/download/initiate", headers={
-        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "Authorization, Content-Type, Idempotency-Key"})
+    r = alice.options(
+        "/v1/download/initiate",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Authorization, Content-Type, Idempotency-Key",
+        },
+    )
     assert r.status_code == 200
     assert r.headers["Access-Control-Allow-Origin"] in ("*", "https://app.example")
     assert "idempotency-key" in r.headers["Access-Control-Allow-Headers"].lower()
@@ -66,9 +78,17 @@ def test_cors_preflight_allows_the_api_headers(alice):
 
 def test_check_reports_availability(alice):
     assert alice.post("/v1/download/check", json={"file_id": 70000}).json() == {
-        "file_id": 70000, "available": True, "s3Key": files.object_key(70000), "size": files.file_size(70000)}
+        "file_id": 70000,
+        "available": True,
+        "s3Key": files.object_key(70000),
+        "size": files.file_size(70000),
+    }
     assert alice.post("/v1/download/check", json={"file_id": 70001}).json() == {
-        "file_id": 70001, "available": False, "s3Key": None, "size": None}
+        "file_id": 70001,
+        "available": False,
+        "s3Key": None,
+        "size": None,
+    }
 
 
 def test_legacy_start_through_nginx_ends_in_200_or_the_apps_504(alice, settings):
@@ -86,14 +106,16 @@ def test_legacy_start_through_nginx_ends_in_200_or_the_apps_504(alice, settings)
 
 # In-process app against the stack's real Redis: settings a test must pin exactly.
 
+
 def app_client(settings, **overrides):
     app = create_app(settings.model_copy(update=overrides))
     return app.test_client()
 
 
 def test_legacy_start_completes_when_the_work_fits_the_timeout(settings):
-    client = app_client(settings, DOWNLOAD_DELAY_MIN_MS=1000, DOWNLOAD_DELAY_MAX_MS=1000, REQUEST_TIMEOUT_MS=30000,
-                        API_KEYS="")
+    client = app_client(
+        settings, DOWNLOAD_DELAY_MIN_MS=1000, DOWNLOAD_DELAY_MAX_MS=1000, REQUEST_TIMEOUT_MS=30000, API_KEYS=""
+    )
     r = client.post("/v1/download/start", json={"file_id": 70000})
     assert r.status_code == 200
     assert r.json["status"] == "completed" and r.json["size"] == files.file_size(70000)
@@ -103,8 +125,9 @@ def test_legacy_start_completes_when_the_work_fits_the_timeout(settings):
 
 
 def test_legacy_start_answers_504_when_the_work_outlives_the_timeout(settings):
-    client = app_client(settings, DOWNLOAD_DELAY_MIN_MS=60000, DOWNLOAD_DELAY_MAX_MS=60000, REQUEST_TIMEOUT_MS=10000,
-                        API_KEYS="")
+    client = app_client(
+        settings, DOWNLOAD_DELAY_MIN_MS=60000, DOWNLOAD_DELAY_MAX_MS=60000, REQUEST_TIMEOUT_MS=10000, API_KEYS=""
+    )
     r = client.post("/v1/download/start", json={"file_id": 70000})
     assert r.status_code == 504 and r.mimetype == "application/problem+json"
 

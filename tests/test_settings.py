@@ -14,7 +14,10 @@ def test_defaults_match_the_original_service():
 
 
 def test_booleans_parse_false_as_false():
-    assert Settings.from_env({"DOWNLOAD_DELAY_ENABLED": "false", "S3_FORCE_PATH_STYLE": "false"}).DOWNLOAD_DELAY_ENABLED is False
+    assert (
+        Settings.from_env({"DOWNLOAD_DELAY_ENABLED": "false", "S3_FORCE_PATH_STYLE": "false"}).DOWNLOAD_DELAY_ENABLED
+        is False
+    )
     assert Settings.from_env({"S3_FORCE_PATH_STYLE": "true"}).S3_FORCE_PATH_STYLE is True
 
 
@@ -30,7 +33,7 @@ def test_api_keys_map_keys_to_users():
     assert Settings.from_env({"API_KEYS": "k1:alice, k2:bob"}).api_keys == {"k1": "alice", "k2": "bob"}
     assert Settings.from_env({}).api_keys == {}
     with pytest.raises(ValueError):
-        Settings.from_env({"API_KEYS": "no-user"}).api_keys
+        _ = Settings.from_env({"API_KEYS": "no-user"}).api_keys
 
 
 def test_inconsistent_delay_range_is_refused():

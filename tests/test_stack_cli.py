@@ -81,7 +81,15 @@ def test_up_status_down(make_home):
     report = status(home)
     assert report["entry"] == f"http://127.0.0.1:{base}"
     # Prometheus joins when the machine has it (the Makefile installs it where it can).
-    assert set(report["components"]) - {"prometheus"} == {"valkey", "seaweedfs", "api", "worker-1", "nginx", "lb", "edge"}
+    assert set(report["components"]) - {"prometheus"} == {
+        "valkey",
+        "seaweedfs",
+        "api",
+        "worker-1",
+        "nginx",
+        "lb",
+        "edge",
+    }
     assert all(component["healthy"] for component in report["components"].values()), report
     processes = recorded_processes(home)
 

@@ -35,14 +35,25 @@ class Up:
 
     def __init__(self, home: Path):
         self.home = home
-        self.env = {**os.environ, "DLKIT_HOME": str(home), "DLKIT_BASE_PORT": str(free_base_port()),
-                    "DOWNLOAD_DELAY_MIN_MS": "120000", "RATE_LIMIT_MAX_REQUESTS": "1000000"}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "DLKIT_HOME": str(home),
+            "DLKIT_BASE_PORT": str(free_base_port()),
+            "DOWNLOAD_DELAY_MIN_MS": "120000",
+            "RATE_LIMIT_MAX_REQUESTS": "1000000",
+        }
         for name in ("API_KEYS", "REDIS_URL", "S3_ENDPOINT", "TIME_SCALE"):
             self.env.pop(name, None)
 
     def dlkit(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dlkit.kit.cli", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=240)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "dlkit.kit.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
 
     def state(self) -> dict:
         return json.loads((self.home / "state.json").read_text())
@@ -143,8 +154,7 @@ def test_workers_survive_a_valkey_kill_and_every_job_ends(up):
 def test_a_killed_worker_is_restarted_and_its_job_ends(up):
     job = start_job(up.client, 72_000)
     wait_running(up.client, job)
-    busy = next(name for name in ("worker-1", "worker-2")
-                if psutil.Process(up.pid(name)).children())  # fmt: skip
+    busy = next(name for name in ("worker-1", "worker-2") if psutil.Process(up.pid(name)).children())
     old = up.kill(busy)
     document, errors, took_s = wait_end(up.client, job, within_s=10)
     assert document["status"] == "failed" and document["error"], document

@@ -32,8 +32,16 @@ from .support import API_KEYS, available_ids
 
 pytestmark = pytest.mark.stack
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # A 2.4 s job, and a loaded 2-core machine: generous, since expect() returns as soon as it holds.
 JOB_TIMEOUT_MS = 20_000
 UUID_PATTERN = re.compile(r"^[0-9a-f-]{36}$")
@@ -45,8 +53,9 @@ def chromium() -> str:
         return path
     if shutil.which("apt-get") and os.geteuid() == 0:
         pytest.fail("chromium is missing but can be installed here: run `make chromium` (`make test` does)")
-    pytest.skip("chromium is not installed and cannot be installed here (needs apt-get and root): "
-                "browser tests skipped")
+    pytest.skip(
+        "chromium is not installed and cannot be installed here (needs apt-get and root): browser tests skipped"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +116,13 @@ def test_page_is_served_with_a_strict_csp_cors_and_no_rate_limit(stack):
         page = client.get("/ui/", headers={"Origin": "https://app.example"})
         assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
         csp = page.headers["Content-Security-Policy"]
-        for directive in ["default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'",
-                          "frame-ancestors 'none'"]:
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ]:
             assert directive in csp
         assert "unsafe" not in csp
         assert page.headers["Access-Control-Allow-Origin"] in ("*", "https://app.example")
@@ -133,12 +147,15 @@ def test_progress_moves_and_a_reload_resumes_the_same_job(page, slow):
     job_id = start(page, available_ids(12))
     # Mid-job, all in one frame: some files done, most to go, an estimate shown (raf polling sees
     # every render of the 2.4 s job).
-    page.wait_for_function(r"""() => {
+    page.wait_for_function(
+        r"""() => {
         const text = (id) => document.getElementById(id).textContent;
         const value = document.querySelector('progress').value;
         return value > 0 && value < 50 && text('job-status') === 'Processing'
             && /^[1-5] of 12 files$/.test(text('counts')) && /^About .+ left\.$/.test(text('eta'));
-    }""", timeout=JOB_TIMEOUT_MS)
+    }""",
+        timeout=JOB_TIMEOUT_MS,
+    )
 
     page.reload()
     expect(page.locator("#job-id")).to_have_text(job_id)

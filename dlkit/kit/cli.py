@@ -29,11 +29,11 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from dlkit.kit import ROOT
 from dlkit.kit.bench import Budget
 from dlkit.kit.probes import check, same_process
 from dlkit.kit.stack import DEFAULT_BASE_PORT
 from dlkit.kit.supervisor import MODULE, STATE_FILE, read_state, running_supervisor
-from dlkit.kit import ROOT
 
 UP_TIMEOUT_S = 180
 DOWN_TIMEOUT_S = 30
@@ -131,14 +131,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         env["REDIS_URL"] = args.redis_url
     read_fd, write_fd = os.pipe()
     command = [
-        sys.executable, "-m", MODULE,
-        "--home", str(home),
-        "--base-port", str(args.base_port),
-        "--time-scale", str(args.time_scale),
-        "--workers", str(args.workers),
+        sys.executable,
+        "-m",
+        MODULE,
+        "--home",
+        str(home),
+        "--base-port",
+        str(args.base_port),
+        "--time-scale",
+        str(args.time_scale),
+        "--workers",
+        str(args.workers),
         *(["--no-chain"] if args.no_chain else []),
-        "--ready-fd", str(write_fd),
-    ]  # fmt: skip
+        "--ready-fd",
+        str(write_fd),
+    ]
     supervisor_log = home / "logs" / "supervisor.log"
     started = time.monotonic()
     with open(supervisor_log, "ab") as log_file:
@@ -212,8 +219,10 @@ def cmd_down(args: argparse.Namespace) -> int:
         supervisor.terminate()
         try:
             supervisor.wait(timeout=DOWN_TIMEOUT_S)
-            print(f"stopped the stack at {state['entry']} (supervisor pid {supervisor.pid}): "
-                  f"{', '.join(state['components'])}")  # fmt: skip
+            print(
+                f"stopped the stack at {state['entry']} (supervisor pid {supervisor.pid}): "
+                f"{', '.join(state['components'])}"
+            )
         except psutil.TimeoutExpired:
             print(f"the supervisor did not stop within {DOWN_TIMEOUT_S} s; stopping its servers directly")
             supervisor.kill()
@@ -276,8 +285,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.entry:
         return _demo_against(args, report, api_key)
 
-    scale = args.time_scale if args.time_scale is not None else float(
-        os.environ.get("TIME_SCALE", 0.02 if args.quick else 0.1))
+    scale = (
+        args.time_scale
+        if args.time_scale is not None
+        else float(os.environ.get("TIME_SCALE", 0.02 if args.quick else 0.1))
+    )
     args.time_scale = scale  # what cmd_up reads
     home = _home()
     state = read_state(home)
@@ -285,22 +297,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     began = time.monotonic()
     if started_here:
         # Every Locust user is one client to the per-client limiter: load tests need a high limit.
-        os.environ["RATE_LIMIT_MAX_REQUESTS"] = str(max(DEMO_RATE_LIMIT, int(os.environ.get("RATE_LIMIT_MAX_REQUESTS", 0))))
-        console.print(f"starting a stack at time scale {scale:g} (a 10-120 s download takes "
-                      f"{10 * scale:g}-{120 * scale:g} s), {args.workers} workers, "
-                      f"RATE_LIMIT_MAX_REQUESTS={os.environ['RATE_LIMIT_MAX_REQUESTS']}")
+        os.environ["RATE_LIMIT_MAX_REQUESTS"] = str(
+            max(DEMO_RATE_LIMIT, int(os.environ.get("RATE_LIMIT_MAX_REQUESTS", 0)))
+        )
+        console.print(
+            f"starting a stack at time scale {scale:g} (a 10-120 s download takes "
+            f"{10 * scale:g}-{120 * scale:g} s), {args.workers} workers, "
+            f"RATE_LIMIT_MAX_REQUESTS={os.environ['RATE_LIMIT_MAX_REQUESTS']}"
+        )
         if cmd_up(args) != 0:
             return 1
         state = read_state(home)
     elif state["time_scale"] != scale:
-        console.print(f"using the running stack's time scale {state['time_scale']:g} (its clock decides); "
-                      "its rate limit must be high (RATE_LIMIT_MAX_REQUESTS), or the report shows 429s")
+        console.print(
+            f"using the running stack's time scale {state['time_scale']:g} (its clock decides); "
+            "its rate limit must be high (RATE_LIMIT_MAX_REQUESTS), or the report shows 429s"
+        )
     scale = state["time_scale"]
     workers = sum(name.startswith("worker-") for name in state["components"])
     try:
-        summary = run_demo(state["entry"], state["redis_url"], scale, workers, quick=args.quick, users=args.users,
-                           report=report, api_key=api_key, console=console, run_s=args.run_time,
-                           layers=not args.no_layers)  # fmt: skip
+        summary = run_demo(
+            state["entry"],
+            state["redis_url"],
+            scale,
+            workers,
+            quick=args.quick,
+            users=args.users,
+            report=report,
+            api_key=api_key,
+            console=console,
+            run_s=args.run_time,
+            layers=not args.no_layers,
+        )
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2))
         console.print(f"demo done in {time.monotonic() - began:.0f} s")
@@ -320,12 +348,25 @@ def _demo_against(args: argparse.Namespace, report: Path, api_key: str | None) -
     # The deployment's clock decides; it cannot be read from outside, so it is given.
     scale = args.time_scale if args.time_scale is not None else float(os.environ.get("TIME_SCALE", 1.0))
     began = time.monotonic()
-    console.print(f"demo against {args.entry} at time scale {scale:g} (the deployment's TIME_SCALE); "
-                  "its RATE_LIMIT_MAX_REQUESTS must be high, or the report shows 429s")  # fmt: skip
+    console.print(
+        f"demo against {args.entry} at time scale {scale:g} (the deployment's TIME_SCALE); "
+        "its RATE_LIMIT_MAX_REQUESTS must be high, or the report shows 429s"
+    )
     try:
-        summary = run_demo(args.entry, args.redis_url or os.environ.get("REDIS_URL"), scale, args.workers,
-                           quick=args.quick, users=args.users, report=report, api_key=api_key, console=console,
-                           run_s=args.run_time, layers=False, embedded=False)  # fmt: skip
+        summary = run_demo(
+            args.entry,
+            args.redis_url or os.environ.get("REDIS_URL"),
+            scale,
+            args.workers,
+            quick=args.quick,
+            users=args.users,
+            report=report,
+            api_key=api_key,
+            console=console,
+            run_s=args.run_time,
+            layers=False,
+            embedded=False,
+        )
     except Exception as error:
         console.print(f"[red]demo failed:[/] {error}", highlight=False, soft_wrap=True)
         return 1
@@ -352,9 +393,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if problem is not None:
             console.print(f"[red]bench:[/] cannot write to {args.json.parent}: {problem}", highlight=False)
             return EXIT_USAGE
-    budget = Budget(time_scale=args.time_scale, workers=args.workers, wrk_duration_s=args.duration,
-                    rounds=args.rounds, polls=args.polls, p3_files=args.p3_files, p4_jobs=args.p4_jobs,
-                    p5_jobs_per_worker=args.p5_jobs, cost_jobs=args.jobs)  # fmt: skip
+    budget = Budget(
+        time_scale=args.time_scale,
+        workers=args.workers,
+        wrk_duration_s=args.duration,
+        rounds=args.rounds,
+        polls=args.polls,
+        p3_files=args.p3_files,
+        p4_jobs=args.p4_jobs,
+        p5_jobs_per_worker=args.p5_jobs,
+        cost_jobs=args.jobs,
+    )
     return run(budget, args.json, console, strict=args.strict, home=args.home)
 
 
@@ -374,76 +423,146 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-port",
         type=int,
         default=int(os.environ.get("DLKIT_BASE_PORT", DEFAULT_BASE_PORT)),
-        help=f"nginx listens here, the other servers on the next ports (default: DLKIT_BASE_PORT or {DEFAULT_BASE_PORT})",
+        help="nginx listens here, the other servers on the next ports "
+        f"(default: DLKIT_BASE_PORT or {DEFAULT_BASE_PORT})",
     )
     up.add_argument("--redis-url", help="use this Redis instead of starting Valkey (default: REDIS_URL if set)")
-    up.add_argument("--no-chain", action="store_true",
-                    help="serve clients from nginx directly, without the emulated edge (Cloudflare) and LB (ALB)")
+    up.add_argument(
+        "--no-chain",
+        action="store_true",
+        help="serve clients from nginx directly, without the emulated edge (Cloudflare) and LB (ALB)",
+    )
     up.set_defaults(func=cmd_up)
 
-    status = commands.add_parser("status", help="live health of each component; exit 1 if any is unhealthy, 3 if none runs")
+    status = commands.add_parser(
+        "status", help="live health of each component; exit 1 if any is unhealthy, 3 if none runs"
+    )
     status.add_argument("--json", action="store_true", help="print {entry, components: {name: {url, healthy}}}")
     status.set_defaults(func=cmd_status)
 
     down = commands.add_parser("down", help="stop what `dlkit up` started")
     down.set_defaults(func=cmd_down)
 
-    demo = commands.add_parser("demo", help="start the stack if needed, reproduce the 504s with Locust and prove the fix; "
-                               "exit 0 done, 1 failed, 2 bad input")  # fmt: skip
-    demo.add_argument("--time-scale", type=float, default=None,
-                      help="clock scale if the stack must be started (default: TIME_SCALE, else 0.02 with --quick, "
-                           "0.1 without: a real minute takes 6 s); with --entry, the deployment's (default 1.0)")
+    demo = commands.add_parser(
+        "demo",
+        help="start the stack if needed, reproduce the 504s with Locust and prove the fix; "
+        "exit 0 done, 1 failed, 2 bad input",
+    )
+    demo.add_argument(
+        "--time-scale",
+        type=float,
+        default=None,
+        help="clock scale if the stack must be started (default: TIME_SCALE, else 0.02 with --quick, "
+        "0.1 without: a real minute takes 6 s); with --entry, the deployment's (default 1.0)",
+    )
     demo.add_argument("--quick", action="store_true", help="short runs at time scale 0.02: under 4 minutes in all")
-    demo.add_argument("--users", type=int, default=20,
-                      help="Locust users of the sync and retry-storm scenarios (default 20; polling: 2 per worker)")
-    demo.add_argument("--run-time", type=float, default=None, help="seconds per scenario (default: 20 with --quick, "
-                      "else 600 x time scale, at least 60)")
+    demo.add_argument(
+        "--users",
+        type=int,
+        default=20,
+        help="Locust users of the sync and retry-storm scenarios (default 20; polling: 2 per worker)",
+    )
+    demo.add_argument(
+        "--run-time",
+        type=float,
+        default=None,
+        help="seconds per scenario (default: 20 with --quick, else 600 x time scale, at least 60)",
+    )
     demo.add_argument("--json", type=Path, help="also write the summary (summary.json) to this path")
-    demo.add_argument("--report", type=Path, help="report folder (default: reports/<timestamp>/ under the current folder)")
-    demo.add_argument("--entry", help="run against this running deployment (compose, staging) instead of starting "
-                      "a stack; the layers scenario is left out")
-    demo.add_argument("--redis-url", help="with --entry: the deployment's Redis, for the server-side accounting "
-                      "(default: REDIS_URL); without it the report says what it lacks")
-    demo.add_argument("--api-key", help="API key for a deployment with API_KEYS (default: DLKIT_API_KEY, "
-                      "else the first of API_KEYS)")
+    demo.add_argument(
+        "--report", type=Path, help="report folder (default: reports/<timestamp>/ under the current folder)"
+    )
+    demo.add_argument(
+        "--entry",
+        help="run against this running deployment (compose, staging) instead of starting "
+        "a stack; the layers scenario is left out",
+    )
+    demo.add_argument(
+        "--redis-url",
+        help="with --entry: the deployment's Redis, for the server-side accounting "
+        "(default: REDIS_URL); without it the report says what it lacks",
+    )
+    demo.add_argument(
+        "--api-key", help="API key for a deployment with API_KEYS (default: DLKIT_API_KEY, else the first of API_KEYS)"
+    )
     demo.add_argument("--no-layers", action="store_true", help="leave out the layers scenario")
     demo.add_argument("--workers", type=int, default=4, help=argparse.SUPPRESS)
-    demo.add_argument("--base-port", type=int, default=int(os.environ.get("DLKIT_BASE_PORT", DEFAULT_BASE_PORT)),
-                      help=argparse.SUPPRESS)
+    demo.add_argument(
+        "--base-port",
+        type=int,
+        default=int(os.environ.get("DLKIT_BASE_PORT", DEFAULT_BASE_PORT)),
+        help=argparse.SUPPRESS,
+    )
     demo.add_argument("--no-chain", action="store_true", help=argparse.SUPPRESS)
     demo.add_argument("--keep", action="store_true", help="leave a stack this command started running")
     demo.set_defaults(func=cmd_demo)
 
-    audit = commands.add_parser("audit", help="check the timeout budget from Cloudflare to the app; "
-                                "exit 1 on any error or warning")  # fmt: skip
+    audit = commands.add_parser(
+        "audit", help="check the timeout budget from Cloudflare to the app; exit 1 on any error or warning"
+    )
     audit.add_argument("--root", type=Path, default=ROOT, help="checkout to read the configs of (default: this one)")
     audit.add_argument("--json", action="store_true", help='print {"ok", "findings": [{check, severity, ...}]}')
     audit.set_defaults(func=cmd_audit)
 
     defaults = Budget()
-    bench = commands.add_parser("bench", help="measure the performance ratios (issue 12) on a stack of its own, "
-                                "about 4 minutes; exit 0 once measured (--strict: 1 if any target fails)")  # fmt: skip
+    bench = commands.add_parser(
+        "bench",
+        help="measure the performance ratios (issue 12) on a stack of its own, "
+        "about 4 minutes; exit 0 once measured (--strict: 1 if any target fails)",
+    )
     bench.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
-    bench.add_argument("--time-scale", type=float, default=defaults.time_scale,
-                       help=f"clock scale of the stack (default {defaults.time_scale:g})")
+    bench.add_argument(
+        "--time-scale",
+        type=float,
+        default=defaults.time_scale,
+        help=f"clock scale of the stack (default {defaults.time_scale:g})",
+    )
     bench.add_argument("--workers", type=int, default=defaults.workers, help=f"RQ workers (default {defaults.workers})")
-    bench.add_argument("--duration", type=float, default=defaults.wrk_duration_s,
-                       help=f"seconds per wrk run (default {defaults.wrk_duration_s:g})")
-    bench.add_argument("--rounds", type=int, default=defaults.rounds,
-                       help=f"interleaved rounds of the side-by-side measures, median kept (default {defaults.rounds})")
-    bench.add_argument("--polls", type=int, default=defaults.polls,
-                       help=f"polls counted for the Redis figures (default {defaults.polls})")
-    bench.add_argument("--p3-files", type=int, default=defaults.p3_files,
-                       help=f"files in the P3 artifact (default {defaults.p3_files}, about 20 MiB)")
-    bench.add_argument("--p4-jobs", type=int, default=defaults.p4_jobs,
-                       help=f"jobs per P4 round (default {defaults.p4_jobs})")
-    bench.add_argument("--p5-jobs", type=int, default=defaults.p5_jobs_per_worker,
-                       help=f"P5 jobs per client, one client per worker (default {defaults.p5_jobs_per_worker})")
-    bench.add_argument("--jobs", type=int, default=defaults.cost_jobs,
-                       help=f"jobs at once in the backlog and polling-vs-SSE measure (default {defaults.cost_jobs})")
+    bench.add_argument(
+        "--duration",
+        type=float,
+        default=defaults.wrk_duration_s,
+        help=f"seconds per wrk run (default {defaults.wrk_duration_s:g})",
+    )
+    bench.add_argument(
+        "--rounds",
+        type=int,
+        default=defaults.rounds,
+        help=f"interleaved rounds of the side-by-side measures, median kept (default {defaults.rounds})",
+    )
+    bench.add_argument(
+        "--polls",
+        type=int,
+        default=defaults.polls,
+        help=f"polls counted for the Redis figures (default {defaults.polls})",
+    )
+    bench.add_argument(
+        "--p3-files",
+        type=int,
+        default=defaults.p3_files,
+        help=f"files in the P3 artifact (default {defaults.p3_files}, about 20 MiB)",
+    )
+    bench.add_argument(
+        "--p4-jobs", type=int, default=defaults.p4_jobs, help=f"jobs per P4 round (default {defaults.p4_jobs})"
+    )
+    bench.add_argument(
+        "--p5-jobs",
+        type=int,
+        default=defaults.p5_jobs_per_worker,
+        help=f"P5 jobs per client, one client per worker (default {defaults.p5_jobs_per_worker})",
+    )
+    bench.add_argument(
+        "--jobs",
+        type=int,
+        default=defaults.cost_jobs,
+        help=f"jobs at once in the backlog and polling-vs-SSE measure (default {defaults.cost_jobs})",
+    )
     bench.add_argument("--strict", action="store_true", help="exit 1 when any measured target fails")
-    bench.add_argument("--home", type=Path, help="keep the stack's files and logs in this folder "
-                       "(default: a temporary folder, removed at the end)")
+    bench.add_argument(
+        "--home",
+        type=Path,
+        help="keep the stack's files and logs in this folder (default: a temporary folder, removed at the end)",
+    )
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -97,15 +97,28 @@ def scenarios(quick: bool, users: int, workers: int, scale: float, run_s: float 
     polling_users = max(2, 2 * workers)
     return [
         Scenario("sync", "sync.py", users, base, drain + 5, "naive clients on the synchronous start"),
-        Scenario("polling", "polling.py", polling_users, base * (0.75 if quick else 1), 4 * drain + 10,
-                 "initiate, poll, download, verify"),
-        Scenario("retry_storm", "retry_storm.py", users, base * (0.6 if quick else 1), 4 * drain + 10,
-                 "clients retrying on errors, on both APIs"),
-    ]  # fmt: skip
+        Scenario(
+            "polling",
+            "polling.py",
+            polling_users,
+            base * (0.75 if quick else 1),
+            4 * drain + 10,
+            "initiate, poll, download, verify",
+        ),
+        Scenario(
+            "retry_storm",
+            "retry_storm.py",
+            users,
+            base * (0.6 if quick else 1),
+            4 * drain + 10,
+            "clients retrying on errors, on both APIs",
+        ),
+    ]
 
 
-def expected_cut(chain: Chain, app_timeout_s: float, delays_s: tuple[float, float], scale: float,
-                 floor_s: float = FLOOR_S) -> dict[str, Any]:  # fmt: skip
+def expected_cut(
+    chain: Chain, app_timeout_s: float, delays_s: tuple[float, float], scale: float, floor_s: float = FLOOR_S
+) -> dict[str, Any]:
     """Which layer cuts the legacy route first, at what (real) T, and the share it must cut.
 
     The audit's reading (dlkit.kit.timeouts.legacy_route_cuts) of the config files, with the app's
@@ -138,17 +151,40 @@ def _live_counts(stats_csv: Path) -> tuple[int, int]:
     return 0, 0
 
 
-def run_scenario(scenario: Scenario, entry: str, report: Path, scale: float, api_key: str | None,
-                 progress: Progress) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
+def run_scenario(
+    scenario: Scenario, entry: str, report: Path, scale: float, api_key: str | None, progress: Progress
+) -> tuple[list[dict[str, Any]], list[str]]:
     prefix = report / scenario.name
     command = [
-        sys.executable, "-m", "locust", "-f", ",".join(str(LOADTESTS / f) for f in scenario.locustfile.split(",")),
-        "--host", entry,
-        "--headless", "-u", str(scenario.users), "-r", str(scenario.users), "-t", f"{round(scenario.run_s)}s",
-        "--stop-timeout", f"{math.ceil(scenario.stop_timeout_s)}s", "--csv", str(prefix), "--html", f"{prefix}.html",
-        "--json-file", str(prefix), "--only-summary", "--exit-code-on-error", "0", "--time-scale", f"{scale:g}",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        ",".join(str(LOADTESTS / f) for f in scenario.locustfile.split(",")),
+        "--host",
+        entry,
+        "--headless",
+        "-u",
+        str(scenario.users),
+        "-r",
+        str(scenario.users),
+        "-t",
+        f"{round(scenario.run_s)}s",
+        "--stop-timeout",
+        f"{math.ceil(scenario.stop_timeout_s)}s",
+        "--csv",
+        str(prefix),
+        "--html",
+        f"{prefix}.html",
+        "--json-file",
+        str(prefix),
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+        "--time-scale",
+        f"{scale:g}",
         *scenario.args,
-    ]  # fmt: skip
+    ]
     env = {**os.environ, **({"DLKIT_API_KEY": api_key} if api_key else {})}
     task = progress.add_task(scenario.name, total=scenario.run_s, counts="")
     started = time.monotonic()
@@ -159,8 +195,11 @@ def run_scenario(scenario: Scenario, entry: str, report: Path, scale: float, api
                 elapsed = time.monotonic() - started
                 requests, failures = _live_counts(Path(f"{prefix}_stats.csv"))
                 finishing = " (finishing downloads in hand)" if elapsed > scenario.run_s else ""
-                progress.update(task, completed=min(elapsed, scenario.run_s),
-                                counts=f"{requests} requests, {failures} failed{finishing}")
+                progress.update(
+                    task,
+                    completed=min(elapsed, scenario.run_s),
+                    counts=f"{requests} requests, {failures} failed{finishing}",
+                )
                 time.sleep(0.5)
         finally:
             if locust.poll() is None:  # interrupted: stop the one process we started
@@ -220,8 +259,8 @@ def percentile_s(response_times: dict[str, int], q: float) -> float | None:
 
 
 def _outcome(name: str) -> str:
-    """"start [504 app]" -> "504 app"."""
-    return name[name.index("[") + 1:-1]
+    """ "start [504 app]" -> "504 app"."""
+    return name[name.index("[") + 1 : -1]
 
 
 def sync_figures(run: Run, expected: dict[str, Any], scale: float) -> dict[str, Any]:
@@ -297,7 +336,8 @@ def retry_figures(run: Run) -> dict[str, Any]:
         "polling_got": polling["num_requests"] - polling["num_failures"],
         "polling_jobs_created": created,
         "wasted_backend_seconds": round(backend["sync"]["wasted_seconds"] + backend["jobs"]["wasted_seconds"], 3)
-        if backend else None,
+        if backend
+        else None,
     }
 
 
@@ -327,55 +367,92 @@ def print_table(summary: dict[str, Any], console: Console) -> None:
     scale = summary["time_scale"]
     sync, polling = summary["scenarios"]["sync"], summary["scenarios"]["polling"]
     storm = summary["scenarios"]["retry_storm"]
-    table = Table(title=f"before / after, TIME_SCALE {scale:g} (a 10-120 s download takes "
-                        f"{10 * scale:g}-{120 * scale:g} s)")  # fmt: skip
+    table = Table(
+        title=f"before / after, TIME_SCALE {scale:g} (a 10-120 s download takes {10 * scale:g}-{120 * scale:g} s)"
+    )
     table.add_column("")
     table.add_column("sync start (the problem)", style="red")
     table.add_column("async jobs (the fix)", style="green")
     cut_by = sync["tightest_layer"]
     table.add_row("HTTP requests", f"{sync['requests']}", f"{polling['requests']}")
-    table.add_row("downloads delivered", f"{sync['ok']} of {sync['requests']}",
-                  f"{polling['verified']} of {polling['downloads']} (bytes verified)")
-    table.add_row("success rate", _pct(sync["ok"] / sync["requests"] if sync["requests"] else None),
-                  _pct(polling["verified"] / polling["downloads"] if polling["downloads"] else None))
-    table.add_row("5xx by status", ", ".join(f"{k}: {v}" for k, v in sync["by_status"].items() if k != "200") or "none",
-                  "none" if not polling["errors"] else f"{polling['errors']} errors")
+    table.add_row(
+        "downloads delivered",
+        f"{sync['ok']} of {sync['requests']}",
+        f"{polling['verified']} of {polling['downloads']} (bytes verified)",
+    )
+    table.add_row(
+        "success rate",
+        _pct(sync["ok"] / sync["requests"] if sync["requests"] else None),
+        _pct(polling["verified"] / polling["downloads"] if polling["downloads"] else None),
+    )
+    table.add_row(
+        "5xx by status",
+        ", ".join(f"{k}: {v}" for k, v in sync["by_status"].items() if k != "200") or "none",
+        "none" if not polling["errors"] else f"{polling['errors']} errors",
+    )
     table.add_row("cut by layer", ", ".join(f"{k}: {v}" for k, v in sync["by_layer"].items()) or "none", "none")
-    table.add_row("timeout share", f"{_pct(sync['timeout_share_measured'])} measured, "
-                  f"{_pct(sync['timeout_share_expected'])} expected ({cut_by} at {sync['tightest_timeout_s']:g} s)",
-                  "0 %: no layer waits for the work")  # fmt: skip
-    table.add_row("time to file p50", _secs(sync["delivered_p50_s"], scale) + " *",
-                  _secs(polling["time_to_file_p50_s"], scale))
-    table.add_row("time to file p95", _secs(sync["delivered_p95_s"], scale) + " *",
-                  _secs(polling["time_to_file_p95_s"], scale))
-    table.add_row("wasted backend seconds", _secs(sync["wasted_backend_seconds"], scale),
-                  _secs(polling["wasted_backend_seconds"], scale))
+    table.add_row(
+        "timeout share",
+        f"{_pct(sync['timeout_share_measured'])} measured, "
+        f"{_pct(sync['timeout_share_expected'])} expected ({cut_by} at {sync['tightest_timeout_s']:g} s)",
+        "0 %: no layer waits for the work",
+    )
+    table.add_row(
+        "time to file p50", _secs(sync["delivered_p50_s"], scale) + " *", _secs(polling["time_to_file_p50_s"], scale)
+    )
+    table.add_row(
+        "time to file p95", _secs(sync["delivered_p95_s"], scale) + " *", _secs(polling["time_to_file_p95_s"], scale)
+    )
+    table.add_row(
+        "wasted backend seconds",
+        _secs(sync["wasted_backend_seconds"], scale),
+        _secs(polling["wasted_backend_seconds"], scale),
+    )
     if storm["sync_amplification"] is None:
         table.add_row("work amplification (retry storm)", "n/a: no server-side accounting", "n/a")
     else:
-        table.add_row("work amplification (retry storm)",
-                      f"{storm['sync_amplification']}x: {storm['sync_handlers_started']} handlers for "
-                      f"{storm['sync_wanted']} downloads wanted, {storm['sync_got']} got",
-                      f"{storm['polling_amplification']}x: {storm['polling_jobs_created']} jobs for "
-                      f"{storm['polling_wanted']} wanted (Idempotency-Key)")  # fmt: skip
+        table.add_row(
+            "work amplification (retry storm)",
+            f"{storm['sync_amplification']}x: {storm['sync_handlers_started']} handlers for "
+            f"{storm['sync_wanted']} downloads wanted, {storm['sync_got']} got",
+            f"{storm['polling_amplification']}x: {storm['polling_jobs_created']} jobs for "
+            f"{storm['polling_wanted']} wanted (Idempotency-Key)",
+        )
     console.print(table)
     console.print("* sync: only the downloads that arrived, i.e. the short ones; the others never do.", style="dim")
     if summary.get("accounting") is not True:
-        console.print(f"no server-side accounting: {summary.get('accounting')}; wasted seconds and "
-                      "amplification need the deployment's Redis (--redis-url)", style="yellow")  # fmt: skip
+        console.print(
+            f"no server-side accounting: {summary.get('accounting')}; wasted seconds and "
+            "amplification need the deployment's Redis (--redis-url)",
+            style="yellow",
+        )
 
 
 def print_layers(layers: list[dict[str, Any]], console: Console) -> None:
     table = Table(title="each layer the tightest in turn: the sync route cut, polling untouched")
-    for column in ("layer", "timeout", "client gets", "requests", "cut: measured", "cut: (120 - T) / 110",
-                   "polling downloads", "polling errors"):  # fmt: skip
+    for column in (
+        "layer",
+        "timeout",
+        "client gets",
+        "requests",
+        "cut: measured",
+        "cut: (120 - T) / 110",
+        "polling downloads",
+        "polling errors",
+    ):
         table.add_column(column, justify="left" if column == "layer" else "right")
     for layer in layers:
         status = layer["client_status"]
-        table.add_row(layer["layer"], f"{layer['timeout_s']:g} s", "-" if status is None else str(status),
-                      str(layer["requests"]), _pct(layer["timeout_share_measured"]),
-                      _pct(layer["timeout_share_expected"]), str(layer["polling_downloads"]),
-                      str(layer["polling_errors"]))  # fmt: skip
+        table.add_row(
+            layer["layer"],
+            f"{layer['timeout_s']:g} s",
+            "-" if status is None else str(status),
+            str(layer["requests"]),
+            _pct(layer["timeout_share_measured"]),
+            _pct(layer["timeout_share_expected"]),
+            str(layer["polling_downloads"]),
+            str(layer["polling_errors"]),
+        )
     console.print(table)
 
 
@@ -396,15 +473,34 @@ def write_charts(summary: dict[str, Any], runs: dict[str, Run], report: Path) ->
         if _outcome(r["name"]) != "200":
             outcomes[_outcome(r["name"])] = r["num_requests"]
     bars.append((f"sync start\n({sync['requests']} requests)", outcomes))
-    bars.append((f"async jobs\n({polling['downloads']} downloads)",
-                 {"delivered": polling["verified"], "failed": polling["downloads"] - polling["verified"]}))
+    bars.append(
+        (
+            f"async jobs\n({polling['downloads']} downloads)",
+            {"delivered": polling["verified"], "failed": polling["downloads"] - polling["verified"]},
+        )
+    )
     storm = summary["scenarios"]["retry_storm"]
-    bars.append((f"retry storm, sync\n({storm['sync_wanted']} wanted)",
-                 {"delivered": storm["sync_got"], "gave up": storm["sync_wanted"] - storm["sync_got"]}))
-    bars.append((f"retry storm, async\n({storm['polling_wanted']} wanted)",
-                 {"delivered": storm["polling_got"], "failed": storm["polling_wanted"] - storm["polling_got"]}))
-    colours = {"delivered": "#2e7d32", "504 app": "#c62828", "504 nginx": "#ef6c00", "502 nginx": "#ff8f00",
-               "504 lb": "#6a1b9a", "524 edge": "#283593", "client timeout": "#546e7a"}
+    bars.append(
+        (
+            f"retry storm, sync\n({storm['sync_wanted']} wanted)",
+            {"delivered": storm["sync_got"], "gave up": storm["sync_wanted"] - storm["sync_got"]},
+        )
+    )
+    bars.append(
+        (
+            f"retry storm, async\n({storm['polling_wanted']} wanted)",
+            {"delivered": storm["polling_got"], "failed": storm["polling_wanted"] - storm["polling_got"]},
+        )
+    )
+    colours = {
+        "delivered": "#2e7d32",
+        "504 app": "#c62828",
+        "504 nginx": "#ef6c00",
+        "502 nginx": "#ff8f00",
+        "504 lb": "#6a1b9a",
+        "524 edge": "#283593",
+        "client timeout": "#546e7a",
+    }
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * len(bars)))
     labels = [label for label, _ in bars][::-1]
     seen_labels: set[str] = set()
@@ -415,16 +511,27 @@ def write_charts(summary: dict[str, Any], runs: dict[str, Run], report: Path) ->
             if not count:
                 continue
             share = count / total
-            ax.barh(y, share, left=left, color=colours.get(outcome, "#9e9e9e"),
-                    label=outcome if outcome not in seen_labels else None)
+            ax.barh(
+                y,
+                share,
+                left=left,
+                color=colours.get(outcome, "#9e9e9e"),
+                label=outcome if outcome not in seen_labels else None,
+            )
             seen_labels.add(outcome)
             if share > 0.06:
                 ax.text(left + share / 2, y, f"{share:.0%}", ha="center", va="center", color="white", fontsize=9)
             left += share
     expected = 1 - sync["timeout_share_expected"]
     ax.axvline(expected, ymin=(len(bars) - 1) / len(bars), color="black", linestyle="--", linewidth=1)
-    ax.text(expected, len(bars) - 0.5, f" expected: {sync['timeout_share_expected']:.1%} cut by "
-            f"{sync['tightest_layer']} at {sync['tightest_timeout_s']:g} s", fontsize=8, va="bottom")
+    ax.text(
+        expected,
+        len(bars) - 0.5,
+        f" expected: {sync['timeout_share_expected']:.1%} cut by "
+        f"{sync['tightest_layer']} at {sync['tightest_timeout_s']:g} s",
+        fontsize=8,
+        va="bottom",
+    )
     ax.set_yticks(range(len(bars)), labels)
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.5, len(bars))
@@ -442,11 +549,20 @@ def write_charts(summary: dict[str, Any], runs: dict[str, Run], report: Path) ->
     fig, ax = plt.subplots(figsize=(9, 4))
     if points:
         values = [s for s, _ in points]
-        ax.hist(values, weights=[n for _, n in points], bins=min(30, max(5, len(values))), color="#2e7d32",
-                label=f"async jobs: initiate -> verified zip ({ttf['num_requests']})")
+        ax.hist(
+            values,
+            weights=[n for _, n in points],
+            bins=min(30, max(5, len(values))),
+            color="#2e7d32",
+            label=f"async jobs: initiate -> verified zip ({ttf['num_requests']})",
+        )
     cut_s = sync["tightest_timeout_s"] * scale
-    ax.axvline(cut_s, color="#c62828", linestyle="--",
-               label=f"sync start is cut here ({sync['tightest_layer']}, {sync['tightest_timeout_s']:g} s real)")
+    ax.axvline(
+        cut_s,
+        color="#c62828",
+        linestyle="--",
+        label=f"sync start is cut here ({sync['tightest_layer']}, {sync['tightest_timeout_s']:g} s real)",
+    )
     for q, style in (("p50", ":"), ("p95", "-.")):
         value = polling[f"time_to_file_{q}_s"]
         if value is not None:
@@ -505,15 +621,31 @@ def layer_plan(quick: bool, scale: float, workers: int, run_s: float | None) -> 
     users = 40 if quick else 64
     seconds = run_s or (25 if quick else max(60, 900 * scale))
     polling = max(2, workers)
-    config = [{"user_class_name": "SyncUser", "fixed_count": users},
-              {"user_class_name": "PollingUser", "fixed_count": polling}]  # fmt: skip
-    return Scenario("layer", "sync.py,polling.py", users + polling, seconds, 4 * LONGEST_DOWNLOAD_S * scale + 10,
-                    f"{users} sync and {polling} polling",
-                    ("--config-users", json.dumps(config), "--client-timeout", str(LAYER_CLIENT_TIMEOUT_S)))
+    config = [
+        {"user_class_name": "SyncUser", "fixed_count": users},
+        {"user_class_name": "PollingUser", "fixed_count": polling},
+    ]
+    return Scenario(
+        "layer",
+        "sync.py,polling.py",
+        users + polling,
+        seconds,
+        4 * LONGEST_DOWNLOAD_S * scale + 10,
+        f"{users} sync and {polling} polling",
+        ("--config-users", json.dumps(config), "--client-timeout", str(LAYER_CLIENT_TIMEOUT_S)),
+    )
 
 
-def run_layers(scale: float, workers: int, *, quick: bool, report: Path, api_key: str | None, progress: Progress,
-               run_s: float | None = None) -> tuple[list[dict[str, Any]], dict[str, Run]]:  # fmt: skip
+def run_layers(
+    scale: float,
+    workers: int,
+    *,
+    quick: bool,
+    report: Path,
+    api_key: str | None,
+    progress: Progress,
+    run_s: float | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Run]]:
     """Make app, nginx, lb and edge the tightest layer in turn and run sync + polling users.
 
     On a stack of its own (the one `dlkit up` started runs in another process, which cannot be
@@ -546,18 +678,28 @@ def run_layers(scale: float, workers: int, *, quick: bool, report: Path, api_key
             lifted_app = {"REQUEST_TIMEOUT_MS": str(LIFTED_S * 1000)} if layer == "nginx" else None
             if stack is None:
                 progress.console.print(f"[bold]layers[/]: starting a stack of its own at time scale {scale:g}")
-                stack = Stack(home / "stack", free_base_port(), time_scale=scale, workers=workers, env=env,
-                              config_root=config, prometheus=False)  # fmt: skip
+                stack = Stack(
+                    home / "stack",
+                    free_base_port(),
+                    time_scale=scale,
+                    workers=workers,
+                    env=env,
+                    config_root=config,
+                    prometheus=False,
+                )
                 stack.start()
             else:
                 stack.reconfigure(config, env=lifted_app)
             expected = expected_cut(read_chain(config), app_timeout_s, delays, scale)
             if expected["layer"] != layer:
                 raise RuntimeError(f"layers: {expected['layer']} is tighter than {layer} in {config}")
-            scenario = Scenario(f"layer-{layer}", plan.locustfile, plan.users, plan.run_s, plan.stop_timeout_s,
-                                plan.title, plan.args)  # fmt: skip
-            progress.console.print(f"[bold]layer {layer}[/]: the tightest at {expected['timeout_s']:g} s; "
-                                   f"{plan.title}, {plan.users} users, {plan.run_s:g} s")  # fmt: skip
+            scenario = Scenario(
+                f"layer-{layer}", plan.locustfile, plan.users, plan.run_s, plan.stop_timeout_s, plan.title, plan.args
+            )
+            progress.console.print(
+                f"[bold]layer {layer}[/]: the tightest at {expected['timeout_s']:g} s; "
+                f"{plan.title}, {plan.users} users, {plan.run_s:g} s"
+            )
             started = time.monotonic()
             entries, command = run_scenario(scenario, stack.entry, report, scale, api_key, progress)
             run = Run(scenario, entries, None, time.monotonic() - started, command)
@@ -582,10 +724,15 @@ def write_layers_chart(layers: list[dict[str, Any]], report: Path) -> Path:
     expected = [row["timeout_share_expected"] for row in layers]
     ax.bar([x - 0.2 for x in positions], measured, width=0.4, color="#c62828", label="measured")
     ax.bar([x + 0.2 for x in positions], expected, width=0.4, color="#9e9e9e", label="(120 - T) / 110")
-    for x, row in zip(positions, layers):
+    for x, row in zip(positions, layers, strict=True):
         status = row["client_status"]
-        ax.text(x - 0.2, (row["timeout_share_measured"] or 0) + 0.02,
-                f"{'-' if status is None else status}\n{row['requests']} req", ha="center", fontsize=8)
+        ax.text(
+            x - 0.2,
+            (row["timeout_share_measured"] or 0) + 0.02,
+            f"{'-' if status is None else status}\n{row['requests']} req",
+            ha="center",
+            fontsize=8,
+        )
     ax.set_xticks(list(positions), [f"{row['layer']}\nT = {row['timeout_s']:g} s" for row in layers])
     ax.set_ylim(0, 1.05)
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
@@ -602,9 +749,21 @@ def write_layers_chart(layers: list[dict[str, Any]], report: Path) -> Path:
 # --- the whole demo ----------------------------------------------------------------------------
 
 
-def run_demo(entry: str, redis_url: str | None, scale: float, workers: int, *, quick: bool, users: int,
-             report: Path, api_key: str | None, console: Console, run_s: float | None = None,
-             layers: bool = True, embedded: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_demo(
+    entry: str,
+    redis_url: str | None,
+    scale: float,
+    workers: int,
+    *,
+    quick: bool,
+    users: int,
+    report: Path,
+    api_key: str | None,
+    console: Console,
+    run_s: float | None = None,
+    layers: bool = True,
+    embedded: bool = True,
+) -> dict[str, Any]:
     """Run the scenarios against the stack at `entry`, write the report folder, return the summary.
 
     `embedded`: the entry is the local chain (its floor on scaled timeouts applies). `layers`: also
@@ -614,17 +773,24 @@ def run_demo(entry: str, redis_url: str | None, scale: float, workers: int, *, q
     report.mkdir(parents=True, exist_ok=True)
     settings = Settings.from_env()
     delays = (settings.DOWNLOAD_DELAY_MIN_MS / 1000, settings.DOWNLOAD_DELAY_MAX_MS / 1000)
-    expected = expected_cut(read_chain(), settings.REQUEST_TIMEOUT_MS / 1000, delays, scale,
-                            FLOOR_S if embedded else 0.0)  # fmt: skip
+    expected = expected_cut(
+        read_chain(), settings.REQUEST_TIMEOUT_MS / 1000, delays, scale, FLOOR_S if embedded else 0.0
+    )
     redis, accounting_source = accounting_redis(redis_url)
     runs: dict[str, Run] = {}
     layer_rows: list[dict[str, Any]] = []
     plan = scenarios(quick, users, workers, scale, run_s)
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[counts]}"), console=console) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[counts]}"),
+        console=console,
+    ) as progress:
         for scenario in plan:
-            progress.console.print(f"[bold]{scenario.name}[/]: {scenario.title}, {scenario.users} users, "
-                                   f"{scenario.run_s:g} s")  # fmt: skip
+            progress.console.print(
+                f"[bold]{scenario.name}[/]: {scenario.title}, {scenario.users} users, {scenario.run_s:g} s"
+            )
             if redis is not None:
                 accounting.reset(redis)
             started = time.monotonic()
@@ -632,8 +798,9 @@ def run_demo(entry: str, redis_url: str | None, scale: float, workers: int, *, q
             backend = settle(redis, LONGEST_DOWNLOAD_S * scale * 2 + 5)
             runs[scenario.name] = Run(scenario, entries, backend, time.monotonic() - started, command)
         if layers:
-            layer_rows, layer_runs = run_layers(scale, workers, quick=quick, report=report, api_key=api_key,
-                                                progress=progress, run_s=run_s)  # fmt: skip
+            layer_rows, layer_runs = run_layers(
+                scale, workers, quick=quick, report=report, api_key=api_key, progress=progress, run_s=run_s
+            )
             runs |= layer_runs
 
     summary: dict[str, Any] = {
@@ -649,7 +816,9 @@ def run_demo(entry: str, redis_url: str | None, scale: float, workers: int, *, q
         "commands": {name: " ".join(run.command[2:]) for name, run in runs.items()},
     }
     if not layers:
-        summary["layers_skipped"] = "the layers scenario re-renders the embedded stack's proxies: not run against --entry"
+        summary["layers_skipped"] = (
+            "the layers scenario re-renders the embedded stack's proxies: not run against --entry"
+        )
     print_table(summary, console)
     charts = write_charts(summary, runs, report)
     if layer_rows:
@@ -657,6 +826,7 @@ def run_demo(entry: str, redis_url: str | None, scale: float, workers: int, *, q
         charts.append(write_layers_chart(layer_rows, report))
     summary["charts"] = [str(path) for path in charts]
     (report / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"report: [bold]{report}[/] (summary.json, {', '.join(p.name for p in charts)}, "
-                  "Locust CSV/HTML per scenario)")  # fmt: skip
+    console.print(
+        f"report: [bold]{report}[/] (summary.json, {', '.join(p.name for p in charts)}, Locust CSV/HTML per scenario)"
+    )
     return summary

@@ -67,8 +67,15 @@ class Site:
     def log(self, name: str) -> Path:
         return self.home / "logs" / f"{name}.log"
 
-    def component(self, name: str, url: str | None, probe: str, build: Callable[..., Executor],
-                  env: dict[str, str] | None = None, before_start: Callable[[], None] | None = None) -> Component:  # fmt: skip
+    def component(
+        self,
+        name: str,
+        url: str | None,
+        probe: str,
+        build: Callable[..., Executor],
+        env: dict[str, str] | None = None,
+        before_start: Callable[[], None] | None = None,
+    ) -> Component:
         timeout = TIMEOUTS["worker" if name.startswith("worker-") else name]
         return Component(name, url, probe, self.log(name), timeout, self.env | (env or {}), build, before_start)
 
@@ -143,14 +150,20 @@ def valkey(site: Site) -> Component:
     port = site.ports["valkey"]
     url = f"redis://{HOST}:{port}/0"
     options = [
-        "--bind", HOST,
-        "--port", str(port),
-        "--dir", str(data_dir),
+        "--bind",
+        HOST,
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
         # Append-only, no RDB snapshots: job records survive a restart of Valkey.
-        "--appendonly", "yes",
-        "--save", "",
-        "--daemonize", "no",
-    ]  # fmt: skip
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+    ]
 
     def build(**kwargs: Any) -> Executor:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -239,8 +252,17 @@ def worker(site: Site, index: int) -> Component:
     name = f"worker-{index}"
     worker_name = f"{site.name}-{name}"
     metrics_port = site.ports[f"worker_metrics_{index}"]
-    command = [sys.executable, "-m", "worker", "--name", worker_name,
-               "--metrics-port", str(metrics_port), "--metrics-host", HOST]
+    command = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--name",
+        worker_name,
+        "--metrics-port",
+        str(metrics_port),
+        "--metrics-host",
+        HOST,
+    ]
 
     def clear_stale_registration() -> None:
         # A worker killed without cleanup leaves its registration behind, and RQ refuses to
@@ -322,12 +344,16 @@ def proxy(site: Site, name: str) -> Component:
             (prefix / filename).write_text(text)
         command = [
             nginx_binary(),
-            "-p", f"{prefix}/",
-            "-c", str(prefix / "nginx.conf"),
+            "-p",
+            f"{prefix}/",
+            "-c",
+            str(prefix / "nginx.conf"),
             # Errors nginx meets before reading its config go here too, not to its built-in path.
-            "-e", str(log_path),
-            "-g", "daemon off;",
-        ]  # fmt: skip
+            "-e",
+            str(log_path),
+            "-g",
+            "daemon off;",
+        ]
         return TCPExecutor(command, host=HOST, port=port, **kwargs)
 
     url = f"http://{HOST}:{port}"
@@ -342,20 +368,28 @@ def proxy_files(site: Site, name: str) -> dict[str, str]:
     Terraform variables, scaled. Each also gets the request counters (metrics.conf).
     """
     prefix = site.home / name
-    metrics = chain_module.render_layer(chain_module.METRICS_TEMPLATE, site.config_root, {
-        "DLKIT_NJS_DIR": site.config_root / chain_module.METRICS_TEMPLATE.parent,
-        "DLKIT_LAYER": name,
-        "DLKIT_METRICS_LISTEN": f"{HOST}:{site.ports[f'{name}_metrics']}",
-    })
+    metrics = chain_module.render_layer(
+        chain_module.METRICS_TEMPLATE,
+        site.config_root,
+        {
+            "DLKIT_NJS_DIR": site.config_root / chain_module.METRICS_TEMPLATE.parent,
+            "DLKIT_LAYER": name,
+            "DLKIT_METRICS_LISTEN": f"{HOST}:{site.ports[f'{name}_metrics']}",
+        },
+    )
     if name == "nginx":
-        server = chain_module.render_nginx(site.config_root, site.time_scale, {
-            "DLKIT_UPSTREAM": f"{HOST}:{site.ports['api']}",
-            "DLKIT_LISTEN": f"{HOST}:{site.ports['nginx']}",
-            "DLKIT_ACCESS_LOG": site.log("nginx-access"),
-            "DLKIT_CONF_DIR": prefix,
-            # The hop in front (the emulated LB, or a local client) is on loopback.
-            "DLKIT_TRUSTED_PROXIES": HOST,
-        })
+        server = chain_module.render_nginx(
+            site.config_root,
+            site.time_scale,
+            {
+                "DLKIT_UPSTREAM": f"{HOST}:{site.ports['api']}",
+                "DLKIT_LISTEN": f"{HOST}:{site.ports['nginx']}",
+                "DLKIT_ACCESS_LOG": site.log("nginx-access"),
+                "DLKIT_CONF_DIR": prefix,
+                # The hop in front (the emulated LB, or a local client) is on loopback.
+                "DLKIT_TRUSTED_PROXIES": HOST,
+            },
+        )
         main = chain_module.render_layer(chain_module.LOCAL_WRAPPER, site.config_root, nginx_values(site, "nginx"))
         return {"nginx.conf": main, "dlkit.conf": server, "metrics.conf": metrics}
     template, upstream = {

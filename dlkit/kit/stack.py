@@ -97,9 +97,17 @@ class Stack:
     `config_root` is where the proxy files are read from (tests and the demo's layers use edited copies).
     """
 
-    def __init__(self, home: Path, base_port: int, time_scale: float = 1.0, workers: int = 2,
-                 env: dict[str, str] | None = None, chain: bool = True, config_root: Path = ROOT,
-                 prometheus: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        home: Path,
+        base_port: int,
+        time_scale: float = 1.0,
+        workers: int = 2,
+        env: dict[str, str] | None = None,
+        chain: bool = True,
+        config_root: Path = ROOT,
+        prometheus: bool = True,
+    ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
         if workers > MAX_WORKERS:

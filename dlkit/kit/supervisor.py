@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
 
     home = args.home.resolve()
-    stack = Stack(home, args.base_port, args.time_scale, args.workers, env=external_env(dict(os.environ)),
-                  chain=not args.no_chain)
+    stack = Stack(
+        home, args.base_port, args.time_scale, args.workers, env=external_env(dict(os.environ)), chain=not args.no_chain
+    )
     try:
         try:
             stack.start()

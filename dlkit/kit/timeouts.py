@@ -47,9 +47,17 @@ NGINX_TEMPLATES_DIR = "/etc/nginx/templates/"
 LEGACY_ROUTE = "= /v1/download/start"
 # Environment variables that change a value read_chain reads from a file (or, TIME_SCALE, scale the
 # app's durations but not nginx's). Set in compose, they make the running chain differ from the audited one.
-TIMEOUT_ENV = ("REQUEST_TIMEOUT_MS", "POLL_INTERVAL_S", "SSE_HEARTBEAT_S", "DOWNLOAD_DELAY_MIN_MS",
-               "DOWNLOAD_DELAY_MAX_MS", "GUNICORN_WORKER_CLASS", "GUNICORN_KEEPALIVE_S", "GUNICORN_TIMEOUT_S",
-               "TIME_SCALE")  # fmt: skip
+TIMEOUT_ENV = (
+    "REQUEST_TIMEOUT_MS",
+    "POLL_INTERVAL_S",
+    "SSE_HEARTBEAT_S",
+    "DOWNLOAD_DELAY_MIN_MS",
+    "DOWNLOAD_DELAY_MAX_MS",
+    "GUNICORN_WORKER_CLASS",
+    "GUNICORN_KEEPALIVE_S",
+    "GUNICORN_TIMEOUT_S",
+    "TIME_SCALE",
+)
 
 # Cloudflare's default Proxy Read Timeout, which every zone but an Enterprise one keeps (only
 # Enterprise can change it): 100 s in its long-standing documentation, 125 s on the newer pages.
@@ -64,8 +72,13 @@ NGINX_UPSTREAM_KEEPALIVE_TIMEOUT_DEFAULT_S = 60.0  # keepalive_timeout in upstre
 GUNICORN_DEFAULTS = {"worker_class": "sync", "timeout": 30.0, "keepalive": 2.0}
 
 PROXY_TIMEOUTS = ("proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout")
-APP_SETTINGS = ("REQUEST_TIMEOUT_MS", "POLL_INTERVAL_S", "SSE_HEARTBEAT_S", "DOWNLOAD_DELAY_MIN_MS",
-                "DOWNLOAD_DELAY_MAX_MS")  # fmt: skip
+APP_SETTINGS = (
+    "REQUEST_TIMEOUT_MS",
+    "POLL_INTERVAL_S",
+    "SSE_HEARTBEAT_S",
+    "DOWNLOAD_DELAY_MIN_MS",
+    "DOWNLOAD_DELAY_MAX_MS",
+)
 
 _NGINX_TIME = re.compile(r"(\d+)(ms|s|m|h|d|w|M|y)?")
 # nginx time units in seconds (a bare number is seconds); "M" is 30 days and "y" 365, as nginx has it.
@@ -291,10 +304,10 @@ def _terraform_default(root: Path, relative: Path, variable: str) -> Setting:
     blocks = document.blocks("variable", variable)
     default = blocks[0].attribute("default") if blocks else None
     if default is None:
-        raise ConfigError(f"{relative}: no `default` in variable \"{variable}\"")
+        raise ConfigError(f'{relative}: no `default` in variable "{variable}"')
     value = default.value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{relative}: the default of variable \"{variable}\" is not a number: {value!r}")
+        raise ConfigError(f'{relative}: the default of variable "{variable}" is not a number: {value!r}')
     return Setting(variable, float(value), relative, _line(default))
 
 
@@ -405,14 +418,16 @@ def _read_nginx(root: Path, relative: Path) -> Nginx:
     servers = [d for d in top if d["directive"] == "server"]
     upstreams = [d for d in top if d["directive"] == "upstream"]
     if len(servers) != 1 or len(upstreams) != 1:
-        raise ConfigError(f"{relative}: expected one server and one upstream block, "
-                          f"found {len(servers)} and {len(upstreams)}")  # fmt: skip
+        raise ConfigError(
+            f"{relative}: expected one server and one upstream block, found {len(servers)} and {len(upstreams)}"
+        )
 
     def setting(directive: dict | None, name: str, default: float) -> Setting:
         if directive is None:
             return Setting(name, default, relative, 0)
-        return Setting(name, nginx_seconds(directive["args"][0], relative, directive["line"]), relative,
-                       directive["line"])  # fmt: skip
+        return Setting(
+            name, nginx_seconds(directive["args"][0], relative, directive["line"]), relative, directive["line"]
+        )
 
     http, server = _directives(top), _directives(servers[0]["block"])
     upstream = _directives(upstreams[0]["block"])
@@ -427,27 +442,31 @@ def _read_nginx(root: Path, relative: Path) -> Nginx:
         timeouts, levels = [], []
         for name in PROXY_TIMEOUTS:
             # nginx inherits a directive from the nearest enclosing level that sets it.
-            level, directive = next(((level, scope[name]) for level, scope in scopes if name in scope),
-                                    (Level.DEFAULT, None))  # fmt: skip
+            level, directive = next(
+                ((level, scope[name]) for level, scope in scopes if name in scope), (Level.DEFAULT, None)
+            )
             timeouts.append(setting(directive, name, NGINX_PROXY_TIMEOUT_DEFAULT_S))
             levels.append(level)
         buffering = next((scope["proxy_buffering"] for _, scope in scopes if "proxy_buffering" in scope), None)
-        locations.append(Location(
-            match=" ".join(block["args"]),
-            line=block["line"],
-            proxy_connect_timeout=timeouts[0],
-            proxy_send_timeout=timeouts[1],
-            proxy_read_timeout=timeouts[2],
-            levels=tuple(levels),
-            proxy_buffering_off=buffering is not None and buffering["args"] == ["off"],
-        ))  # fmt: skip
+        locations.append(
+            Location(
+                match=" ".join(block["args"]),
+                line=block["line"],
+                proxy_connect_timeout=timeouts[0],
+                proxy_send_timeout=timeouts[1],
+                proxy_read_timeout=timeouts[2],
+                levels=tuple(levels),
+                proxy_buffering_off=buffering is not None and buffering["args"] == ["off"],
+            )
+        )
 
     return Nginx(
         server_keepalive_timeout=setting(keepalive, "keepalive_timeout", NGINX_KEEPALIVE_TIMEOUT_DEFAULT_S),
-        upstream_keepalive_timeout=setting(upstream.get("keepalive_timeout"), "keepalive_timeout",
-                                           NGINX_UPSTREAM_KEEPALIVE_TIMEOUT_DEFAULT_S),
+        upstream_keepalive_timeout=setting(
+            upstream.get("keepalive_timeout"), "keepalive_timeout", NGINX_UPSTREAM_KEEPALIVE_TIMEOUT_DEFAULT_S
+        ),
         locations=tuple(locations),
-    )  # fmt: skip
+    )
 
 
 # Python config files ---------------------------------------------------------------------------
@@ -466,9 +485,13 @@ def _literal_default(value: ast.expr) -> ast.Constant | None:
     if isinstance(value, ast.Constant):
         return value
     for node in ast.walk(value):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr in ("get", "getenv") and len(node.args) == 2
-                and isinstance(node.args[1], ast.Constant)):  # fmt: skip
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("get", "getenv")
+            and len(node.args) == 2
+            and isinstance(node.args[1], ast.Constant)
+        ):
             return node.args[1]
     return None
 
@@ -509,8 +532,12 @@ def _read_settings(root: Path, relative: Path) -> App:
         raise ConfigError(f"{relative}: no `class Settings`")
     found: dict[str, Setting] = {}
     for statement in classes[0].body:
-        if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
-                and statement.target.id in APP_SETTINGS and statement.value is not None):  # fmt: skip
+        if not (
+            isinstance(statement, ast.AnnAssign)
+            and isinstance(statement.target, ast.Name)
+            and statement.target.id in APP_SETTINGS
+            and statement.value is not None
+        ):
             continue
         name, value = statement.target.id, statement.value
         if isinstance(value, ast.Call):  # Field(default, ...) or Field(default=...)
