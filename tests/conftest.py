@@ -99,8 +99,10 @@ def settings(stack) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def redis(settings) -> Redis:
-    return Redis.from_url(settings.REDIS_URL)
+def redis(settings):
+    client = Redis.from_url(settings.REDIS_URL)
+    yield client
+    client.close()
 
 
 @dataclass
@@ -122,7 +124,9 @@ def slow(tmp_path_factory) -> Kit:
     components start it again."""
     stack = start_stack(tmp_path_factory.mktemp("slow-stack"), DOWNLOAD_DELAY_MIN_MS="120000")
     settings = Settings.from_env({**stack.client_env(), **STACK_ENV, "DOWNLOAD_DELAY_MIN_MS": "120000"})
-    yield Kit(stack, settings, Redis.from_url(settings.REDIS_URL))
+    kit = Kit(stack, settings, Redis.from_url(settings.REDIS_URL))
+    yield kit
+    kit.redis.close()
     stack.stop()
 
 

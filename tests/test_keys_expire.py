@@ -63,7 +63,9 @@ def kit(tmp_path_factory):
     stack = start_stack(tmp_path_factory.mktemp("keys-stack"), **env)
     try:
         settings = Settings.from_env({**stack.client_env(), **STACK_ENV, **env})
-        yield stack, Redis.from_url(settings.REDIS_URL)
+        redis = Redis.from_url(settings.REDIS_URL)
+        yield stack, redis
+        redis.close()
     finally:
         stack.stop()
 

@@ -205,3 +205,4 @@ def test_redis_and_storage_up_say_what_the_api_reaches(stack, settings):
         registry = CollectorRegistry()
         registry.register(StorageCollector(down, settings.S3_BUCKET_NAME))
         assert b"dlkit_storage_up 0.0" in generate_latest(registry)
+        down.close()
