@@ -96,3 +96,39 @@ def test_the_layer_of_an_answer():
     assert layer_of(504, {"Server": "awselb/2.0", "Content-Type": "text/html"}) == "lb"
     assert layer_of(504, {"Server": "nginx/1.27.0", "Content-Type": "text/html"}) == "nginx"
     assert layer_of(500, {"Server": "gunicorn", "Content-Type": "text/html"}) == "unknown"
+
+
+def test_compound_durations_are_read_once_by_the_audit_and_the_local_chain(tmp_path):
+    """nginx durations have one reader (dlkit.kit.timeouts.nginx_seconds): `1m30s` and keepalive's two
+    values mean the same to the audit and to the local chain that scales them."""
+    from dlkit.kit.chain import config_with_timeouts
+    from dlkit.kit.stack import Stack, free_base_port
+    from dlkit.kit.timeouts import LEGACY_ROUTE, read_chain
+
+    root = config_with_timeouts(tmp_path / "cfg", {})
+    template = root / chain.NGINX_TEMPLATE
+    text = template.read_text()
+    text, found = re.subn(
+        r"(location = /v1/download/start \{[^}]*?proxy_read_timeout )\w+;", r"\g<1>1m30s;", text, flags=re.S
+    )
+    assert found == 1
+    text, found = re.subn(r"^    keepalive_timeout 75s;", "    keepalive_timeout 1m15s 60s;", text, flags=re.M)
+    assert found == 1
+    template.write_text(text)
+
+    audited = read_chain(root).nginx
+    assert audited.location(LEGACY_ROUTE).proxy_read_timeout.seconds == 90
+    assert audited.server_keepalive_timeout.seconds == 75
+
+    stack = Stack(
+        tmp_path / "home",
+        free_base_port(),
+        time_scale=0.1,
+        config_root=root,
+        prometheus=False,
+        env={"REDIS_URL": "redis://127.0.0.1:1/0", "S3_ENDPOINT": "http://127.0.0.1:1"},
+    )
+    rendered = stack.proxy_files("nginx")["dlkit.conf"]
+    start = re.search(r"location = /v1/download/start \{[^}]*\}", rendered, re.S)[0]
+    assert "proxy_read_timeout 9000ms;" in start
+    assert "keepalive_timeout 7500ms 6s;" in rendered
