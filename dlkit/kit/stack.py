@@ -89,6 +89,29 @@ def free_base_port(span: int = PORT_SPAN) -> int:
     raise RuntimeError(f"no {span} consecutive free ports between {low} and {high}")
 
 
+def service_env(home: Path, ports: dict[str, int], time_scale: float, overrides: dict[str, str]) -> dict[str, str]:
+    """What the API and the workers get: the embedded Valkey and SeaweedFS unless `overrides` names
+    external ones (REDIS_URL, S3_ENDPOINT), the overrides, and the one clock."""
+    env: dict[str, str] = {}
+    if "REDIS_URL" not in overrides:
+        env["REDIS_URL"] = f"redis://{HOST}:{ports['valkey']}/0"
+    if "S3_ENDPOINT" not in overrides:
+        access_key, secret_key = s3_credentials(home)
+        env |= {
+            "S3_ENDPOINT": f"http://{HOST}:{ports['s3']}",
+            "S3_REGION": S3_REGION,
+            "S3_ACCESS_KEY_ID": access_key,
+            "S3_SECRET_ACCESS_KEY": secret_key,
+            "S3_FORCE_PATH_STYLE": "true",
+        }
+    env |= overrides
+    env.setdefault("S3_PUBLIC_ENDPOINT", env["S3_ENDPOINT"])
+    env.setdefault("S3_BUCKET_NAME", DEFAULT_BUCKET)
+    # The one clock: the proxies' timeouts are rendered from the same value.
+    env["TIME_SCALE"] = f"{time_scale:g}"
+    return env
+
+
 class Stack:
     """The local servers of one dlkit deployment, in dependency order.
 
@@ -121,7 +144,7 @@ class Stack:
         self.external_redis = "REDIS_URL" in overrides
         self.external_s3 = "S3_ENDPOINT" in overrides
         self.site = Site(f"dlkit-{base_port}", home, ports, {}, time_scale, Path(config_root))
-        self.site.env = self._service_env(overrides)
+        self.site.env = service_env(home, ports, time_scale, overrides)
 
         order: list[Component] = []
         if not self.external_redis:
@@ -233,26 +256,6 @@ class Stack:
             self.stop_component(name)
         for name in names:
             self.start_component(name)
-
-    def _service_env(self, overrides: dict[str, str]) -> dict[str, str]:
-        env: dict[str, str] = {}
-        if not self.external_redis:
-            env["REDIS_URL"] = f"redis://{HOST}:{self.ports['valkey']}/0"
-        if not self.external_s3:
-            access_key, secret_key = s3_credentials(self.home)
-            env |= {
-                "S3_ENDPOINT": f"http://{HOST}:{self.ports['s3']}",
-                "S3_REGION": S3_REGION,
-                "S3_ACCESS_KEY_ID": access_key,
-                "S3_SECRET_ACCESS_KEY": secret_key,
-                "S3_FORCE_PATH_STYLE": "true",
-            }
-        env |= overrides
-        env.setdefault("S3_PUBLIC_ENDPOINT", env["S3_ENDPOINT"])
-        env.setdefault("S3_BUCKET_NAME", DEFAULT_BUCKET)
-        # The one clock: the proxies' timeouts are rendered from the same value.
-        env["TIME_SCALE"] = f"{self.time_scale:g}"
-        return env
 
     def _ensure_external_bucket(self) -> None:
         try:
