@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast clean prometheus chromium checkov bench
+.PHONY: demo test test-fast bench clean prometheus chromium checkov wrk
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,18 +55,16 @@ checkov: $(CHECKOV)
 demo: $(BIN)/.installed prometheus
 	$(BIN)/dlkit demo $(if $(QUICK),--quick)
 
-test: $(BIN)/.installed prometheus chromium $(CHECKOV)
+test: $(BIN)/.installed prometheus chromium wrk $(CHECKOV)
 	$(BIN)/pytest
 
 # The edit-test loop: lint and format checks, the pure-logic and single-server tests (no stack).
 test-fast: $(BIN)/.installed prometheus
 	$(BIN)/pytest -q -m "not stack and not slow"
 
-# `make bench`: the performance ratios of issue 12 in one run (BENCHMARKS.md), on an embedded stack of
-# its own, under 5 minutes. wrk (the HTTP load generator) from the OS package, same rule as above;
+# wrk (the HTTP load generator of `make bench`, and of its test) from the OS package, same rule as above;
 # without it the wrk ratios (P1, P2) are reported as not measured and the rest still runs.
-# BENCH_ARGS passes options through, e.g. `make bench BENCH_ARGS="--json bench.json"`.
-bench: $(BIN)/.installed
+wrk:
 	@if command -v wrk >/dev/null; then \
 	  :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -75,6 +73,10 @@ bench: $(BIN)/.installed
 	  echo "wrk: not installed and cannot be installed here (needs apt-get and root):" \
 	       "P1 and P2 are skipped"; \
 	fi
+
+# `make bench`: the performance ratios of issue 12 in one run (BENCHMARKS.md), on an embedded stack of
+# its own, under 5 minutes. BENCH_ARGS passes options through, e.g. `make bench BENCH_ARGS="--json bench.json"`.
+bench: $(BIN)/.installed wrk
 	$(BIN)/dlkit bench $(BENCH_ARGS)
 
 clean:
