@@ -456,6 +456,16 @@ def print_layers(layers: list[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
+def _save(fig, path: Path) -> Path:
+    """Write one chart as a PNG and free its figure (matplotlib keeps every open one)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_charts(summary: dict[str, Any], runs: dict[str, Run], report: Path) -> list[Path]:
     import matplotlib
 
@@ -538,10 +548,7 @@ def write_charts(summary: dict[str, Any], runs: dict[str, Run], report: Path) ->
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_title("What happened to each download")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout()
-    outcomes_png = report / "outcomes.png"
-    fig.savefig(outcomes_png, dpi=110)
-    plt.close(fig)
+    outcomes_png = _save(fig, report / "outcomes.png")
 
     # 2. Time to file of the async jobs, against the timeout that cuts the sync route.
     ttf = runs["polling"].row("time-to-file", "JOB")
@@ -572,11 +579,7 @@ def write_charts(summary: dict[str, Any], runs: dict[str, Run], report: Path) ->
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # whole downloads
     ax.set_title("Time to file with the async API: long downloads arrive too")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    ttf_png = report / "time_to_file.png"
-    fig.savefig(ttf_png, dpi=110)
-    plt.close(fig)
-    return [outcomes_png, ttf_png]
+    return [outcomes_png, _save(fig, report / "time_to_file.png")]
 
 
 # --- the layers scenario ------------------------------------------------------------------------
@@ -739,11 +742,7 @@ def write_layers_chart(layers: list[dict[str, Any]], report: Path) -> Path:
     ax.set_ylabel("synchronous downloads cut")
     ax.set_title("Each layer the tightest in turn: the share it cuts, and the status its client gets")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = report / "layers.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, report / "layers.png")
 
 
 # --- the whole demo ----------------------------------------------------------------------------
