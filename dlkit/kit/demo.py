@@ -658,7 +658,6 @@ def run_layers(
     those same copies, read by the audit's reader.
     """
     settings = Settings.from_env()
-    app_timeout_s = settings.REQUEST_TIMEOUT_MS / 1000
     delays = (settings.DOWNLOAD_DELAY_MIN_MS / 1000, settings.DOWNLOAD_DELAY_MAX_MS / 1000)
     plan = layer_plan(quick, scale, workers, run_s)
     home = Path(tempfile.mkdtemp(prefix="dlkit-layers-"))
@@ -668,7 +667,6 @@ def run_layers(
         # and the two gunicorn workers do not share the load evenly: room for every user in each,
         # or requests wait for a thread, and that wait counts against the layer's timeout.
         "GUNICORN_THREADS": str(max(16, 2 * plan.users)),
-        "REQUEST_TIMEOUT_MS": str(settings.REQUEST_TIMEOUT_MS),
     }
     rows: list[dict[str, Any]] = []
     runs: dict[str, Run] = {}
@@ -676,9 +674,8 @@ def run_layers(
     try:
         for layer in LAYERS:
             config = config_with_timeouts(home / f"config-{layer}", {p: LIFTED_S for p in PROXY_LAYERS if p != layer})
-            if layer != "app":
-                app_timeout_s = LIFTED_S
-            lifted_app = {"REQUEST_TIMEOUT_MS": str(LIFTED_S * 1000)} if layer == "nginx" else None
+            app_timeout_ms = settings.REQUEST_TIMEOUT_MS if layer == "app" else LIFTED_S * 1000
+            app_env = {"REQUEST_TIMEOUT_MS": str(app_timeout_ms)}
             if stack is None:
                 progress.console.print(f"[bold]layers[/]: starting a stack of its own at time scale {scale:g}")
                 stack = Stack(
@@ -686,14 +683,16 @@ def run_layers(
                     free_base_port(),
                     time_scale=scale,
                     workers=workers,
-                    env=env,
+                    env=env | app_env,
                     config_root=config,
                     prometheus=False,
                 )
                 stack.start()
             else:
-                stack.reconfigure(config, env=lifted_app)
-            expected = expected_cut(read_chain(config), app_timeout_s, delays, scale)
+                # The API restarts only when its timeout changes (from the app's row to the proxies').
+                changed = stack.client_env()["REQUEST_TIMEOUT_MS"] != app_env["REQUEST_TIMEOUT_MS"]
+                stack.reconfigure(config, env=app_env if changed else None)
+            expected = expected_cut(read_chain(config), app_timeout_ms / 1000, delays, scale)
             if expected["layer"] != layer:
                 raise RuntimeError(f"layers: {expected['layer']} is tighter than {layer} in {config}")
             scenario = Scenario(
