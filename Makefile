@@ -11,35 +11,32 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[kit,embedded,monitoring,test]'
 	touch $@
 
-# Prometheus and promtool from the OS package, where there is apt and we are root: non-interactive,
-# and with a policy-rc.d that forbids starting the packaged services (dlkit runs its own).
-# prometheus-alertmanager brings amtool, which checks infra/alertmanager (tests/test_compose_alerting.py).
-# Elsewhere it is skipped, and so are the Prometheus parts of the stack and of the tests.
-prometheus:
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null; then \
+# OS packages $(2) for what the tests and the demo run, when one of the commands $(1) is missing:
+# installed where there is apt and we are root, non-interactive, waiting for apt's lock, with a
+# policy-rc.d that forbids starting packaged services (dlkit runs its own). Elsewhere it says what
+# is skipped ($(3)).
+define os_packages
+	@if (for c in $(1); do command -v $$c >/dev/null || exit 1; done); then \
 	  :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  policy=/usr/sbin/policy-rc.d; added=; \
 	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod +x $$policy; added=1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends prometheus prometheus-alertmanager; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends $(2); \
 	  status=$$?; [ -n "$$added" ] && rm -f $$policy; \
 	  exit $$status; \
 	else \
-	  echo "prometheus: not installed and cannot be installed here (needs apt-get and root):" \
-	       "the stack runs without it and the Prometheus tests are skipped"; \
+	  echo "$(2): not installed and cannot be installed here (needs apt-get and root): $(3)"; \
 	fi
+endef
 
-# Chromium from the OS package for the browser tests (tests/test_ui.py drive it with Playwright;
-# Playwright's own browser download is not used). Same rule as above: apt-get where root, else skipped.
+# Prometheus, promtool, and amtool (prometheus-alertmanager) to check infra/alertmanager.
+prometheus:
+	$(call os_packages,prometheus promtool amtool,prometheus prometheus-alertmanager,the stack runs without Prometheus and its tests are skipped)
+
+# Chromium for the browser tests (tests/test_ui.py drive it with Playwright; Playwright's own
+# browser download is not used).
 chromium:
-	@if command -v chromium >/dev/null; then \
-	  :; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends chromium; \
-	else \
-	  echo "chromium: not installed and cannot be installed here (needs apt-get and root):" \
-	       "the browser tests are skipped"; \
-	fi
+	$(call os_packages,chromium,chromium,the browser tests are skipped)
 
 # checkov (Terraform scans in tests/test_deploy.py) in a venv of its own: its pins clash with the kit's.
 CHECKOV_VERSION := 3.3.30
@@ -62,17 +59,10 @@ test: $(BIN)/.installed prometheus chromium wrk $(CHECKOV)
 test-fast: $(BIN)/.installed prometheus
 	$(BIN)/pytest -q -m "not stack and not slow"
 
-# wrk (the HTTP load generator of `make bench`, and of its test) from the OS package, same rule as above;
-# without it the wrk ratios (P1, P2) are reported as not measured and the rest still runs.
+# wrk, the HTTP load generator of `make bench` and of its test; without it the wrk ratios (P1, P2)
+# are reported as not measured and the rest still runs.
 wrk:
-	@if command -v wrk >/dev/null; then \
-	  :; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends wrk; \
-	else \
-	  echo "wrk: not installed and cannot be installed here (needs apt-get and root):" \
-	       "P1 and P2 are skipped"; \
-	fi
+	$(call os_packages,wrk,wrk,P1 and P2 are skipped)
 
 # `make bench`: the performance ratios of issue 12 in one run (BENCHMARKS.md), on an embedded stack of
 # its own, under 5 minutes. BENCH_ARGS passes options through, e.g. `make bench BENCH_ARGS="--json bench.json"`.
