@@ -15,8 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from flask import Flask
 from redis import Redis
 
+from app import create_app
+from dlkit.kit.component import unmatchable
 from dlkit.kit.recipes import valkey_binary
 from dlkit.kit.stack import Stack, free_base_port
 from dlkit.settings import Settings
@@ -52,23 +55,25 @@ def valkey(tmp_path_factory):
 
     port = free_base_port(span=1)
     data = tmp_path_factory.mktemp("valkey")
-    server = TCPExecutor(
-        [
-            valkey_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            str(data),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        host="127.0.0.1",
-        port=port,
-        timeout=15,
+    server = unmatchable(
+        TCPExecutor(
+            [
+                valkey_binary(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dir",
+                str(data),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            host="127.0.0.1",
+            port=port,
+            timeout=15,
+        )
     )
     server.start()
     client = Redis(port=port)
@@ -128,6 +133,23 @@ def slow(tmp_path_factory) -> Kit:
     yield kit
     kit.redis.close()
     stack.stop()
+
+
+@pytest.fixture
+def make_app(settings):
+    """`create_app()` in this process on the session stack's Redis, with settings overridden; closed at
+    teardown (a socket left to the garbage collector is an error when the session ends)."""
+    apps = []
+
+    def make(**overrides: object) -> Flask:
+        apps.append(create_app(settings.model_copy(update=overrides)))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        resources = app.extensions["dlkit"]
+        resources.redis.close()
+        resources.limiter.storage.get_connection().close()
 
 
 @pytest.fixture

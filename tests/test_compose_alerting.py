@@ -19,6 +19,7 @@ import yaml
 from mirakuru import HTTPExecutor
 
 from dlkit.kit import ROOT
+from dlkit.kit.component import unmatchable
 from dlkit.kit.stack import free_base_port
 
 ALERTMANAGER_DIR = ROOT / "infra" / "alertmanager"
@@ -77,30 +78,34 @@ def test_an_alert_sent_to_alertmanager_is_printed_by_alert_log(tmp_path):
 
     with (
         open(printed, "wb") as out,
-        HTTPExecutor(
-            [sys.executable, str(LOG_WEBHOOK), "--host", "127.0.0.1", "--port", str(log_port)],
-            url=f"http://127.0.0.1:{log_port}/",
-            method="GET",
-            status=200,
-            timeout=15,
-            stdout=out,
-            stderr=subprocess.DEVNULL,
+        unmatchable(
+            HTTPExecutor(
+                [sys.executable, str(LOG_WEBHOOK), "--host", "127.0.0.1", "--port", str(log_port)],
+                url=f"http://127.0.0.1:{log_port}/",
+                method="GET",
+                status=200,
+                timeout=15,
+                stdout=out,
+                stderr=subprocess.DEVNULL,
+            )
         ),
-        HTTPExecutor(
-            [
-                ALERTMANAGER,
-                f"--config.file={tmp_path / 'alertmanager.yml'}",
-                f"--storage.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{am_port}",
-                f"--cluster.listen-address=127.0.0.1:{cluster_port}",
-                "--cluster.advertise-address=127.0.0.1:" + str(cluster_port),
-            ],
-            url=f"http://127.0.0.1:{am_port}/-/ready",
-            method="GET",
-            status=200,
-            timeout=30,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        unmatchable(
+            HTTPExecutor(
+                [
+                    ALERTMANAGER,
+                    f"--config.file={tmp_path / 'alertmanager.yml'}",
+                    f"--storage.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{am_port}",
+                    f"--cluster.listen-address=127.0.0.1:{cluster_port}",
+                    "--cluster.advertise-address=127.0.0.1:" + str(cluster_port),
+                ],
+                url=f"http://127.0.0.1:{am_port}/-/ready",
+                method="GET",
+                status=200,
+                timeout=30,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         ),
     ):
         alert = [

@@ -7,16 +7,20 @@ its readiness check passes and stops it by that group. A component that dies is 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
 import subprocess
 import time
+import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mirakuru.base
 from mirakuru import AlreadyRunning, Executor, ProcessExitedWithError, TimeoutExpired
 from mirakuru.exceptions import ProcessFinishedWithError
 
@@ -31,6 +35,21 @@ HOST = "127.0.0.1"  # every embedded server listens on loopback only
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
+
+
+# mirakuru marks each server it starts with an environment variable, and when any Python process that
+# imported mirakuru exits, its exit hook SIGKILLs every process whose marker *contains* that process's
+# pid as a substring. So a `dlkit status` with pid 4321 could kill another stack's gunicorn whose
+# marker happened to hold "4321" (it did, in CI). Hence: markers without digits, which no pid can
+# match; mirakuru's hook off; and our own hook, which kills exactly the servers this process started.
+_DIGITS_TO_LETTERS = str.maketrans("0123456789", "ghijklmnop")
+atexit.unregister(mirakuru.base.cleanup_subprocesses)
+
+
+def unmatchable(executor: Executor) -> Executor:
+    """Give a mirakuru executor, before it starts, a marker no exiting process's pid can match."""
+    executor._uuid = "dlkit-" + uuid.uuid4().hex.translate(_DIGITS_TO_LETTERS)
+    return executor
 
 
 class ComponentError(RuntimeError):
@@ -104,13 +123,15 @@ class Component:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # The child gets its own copy of the descriptor, so ours can be closed right away.
         with open(self.log_path, "ab") as log_file:
-            executor = self.build(
-                timeout=self.timeout,  # to become ready, and again to stop before SIGKILL
-                sleep=0.1,
-                envvars=self.env,  # on top of this process's own environment
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
+            executor = unmatchable(
+                self.build(
+                    timeout=self.timeout,  # to become ready, and again to stop before SIGKILL
+                    sleep=0.1,
+                    envvars=self.env,  # on top of this process's own environment
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
             )
             try:
                 executor.start()
@@ -127,6 +148,7 @@ class Component:
                 raise
         self.executor = executor
         self._up_since = time.monotonic()
+        _started_here.add(self)
 
     def stop(self) -> None:
         """Stop the process group (SIGTERM, then SIGKILL after the component's timeout). Idempotent."""
@@ -140,6 +162,7 @@ class Component:
             log.warning("%s exited with code %s while stopping", self.name, error.exit_code)
         finally:
             self.executor = None
+            _started_here.discard(self)
 
     def revive(self) -> bool:
         """If the process died while wanted, start it again, backing off between failed tries.
@@ -148,7 +171,7 @@ class Component:
             return False
         now = time.monotonic()
         if self.executor is not None:  # just found dead
-            self._clear_dead()
+            self._kill_group()
             stable = now - self._up_since > STABLE_AFTER_S
             self._backoff_s = BACKOFF_FIRST_S if stable else self._longer_backoff()
             self._next_try = now + (0 if stable else self._backoff_s)
@@ -169,9 +192,9 @@ class Component:
     def _longer_backoff(self) -> float:
         return min(max(2 * self._backoff_s, BACKOFF_FIRST_S), BACKOFF_MAX_S)
 
-    def _clear_dead(self) -> None:
-        """Kill what is left of a dead server's process group (an RQ work horse, nginx workers) and
-        reap it: they are this component's processes, and a restart must not run beside them.
+    def _kill_group(self) -> None:
+        """SIGKILL the server's whole process group and reap it. For a dead server, what is left of it
+        (an RQ work horse, nginx workers): they are this component's, and a restart must not run beside them.
 
         The server led its own process group (mirakuru starts it with setsid), and Linux never gives
         a new process the id of a group that still has members, so the group is surely ours. mirakuru
@@ -191,3 +214,14 @@ class Component:
 
     def health(self, redis_url: str | None) -> bool:
         return self.running() and check(self.probe, self.pid, redis_url)
+
+
+# Components this process started and has not stopped: what the exit hook kills.
+_started_here: weakref.WeakSet[Component] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_what_this_process_started() -> None:
+    for component in list(_started_here):
+        if component.executor is not None:
+            component._kill_group()

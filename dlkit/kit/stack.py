@@ -3,7 +3,7 @@ and edge, and Prometheus, on 127.0.0.1.
 
 Each server is one recipe (dlkit/kit/recipes.py); the Stack only orders them: started in dependency
 order, each ready before the next, stopped in reverse, and brought back when one dies (`supervise`).
-A Stack lives in a long-running process (mirakuru kills what it started when its process exits):
+A Stack lives in a long-running process (a process's servers are killed when it exits, component.py):
 `dlkit up` keeps one in dlkit/kit/supervisor.py; tests and the demo's layers hold one in-process.
 
 Everything a stack writes lives under its home directory, and every port is a fixed offset from one

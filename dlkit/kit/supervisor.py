@@ -1,6 +1,6 @@
 """The background process that holds a running stack for `dlkit up`.
 
-mirakuru stops the servers it started when the process that started them exits, so the stack needs
+The servers are killed when the process that started them exits (dlkit/kit/component.py), so the stack needs
 a process that outlives the `dlkit up` command: this one. It starts the stack, records it in
 HOME/state.json, tells its parent through a pipe whether the stack is ready, then supervises it:
 a server that dies is started again (with backoff, dlkit/kit/component.py) and state.json updated.
@@ -12,7 +12,6 @@ Run by `dlkit up`, not by hand: python -m dlkit.kit.supervisor --home H --base-p
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import logging
 import os
@@ -22,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mirakuru.base
 import psutil
 
 from dlkit.kit.component import ComponentError
@@ -99,9 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # mirakuru's exit hook kills every process whose marker *contains* this pid as a substring, which
-    # can hit another stack's servers. The finally block below stops ours, by exact marker and group.
-    atexit.unregister(mirakuru.base.cleanup_subprocesses)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
