@@ -13,7 +13,6 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import create_app
 from app.metrics import StorageCollector
 from dlkit.storage import s3_client
 
@@ -76,7 +75,7 @@ def wait_until_idle(stack, timeout_s: float = 30) -> None:
         time.sleep(0.1)
 
 
-def test_names_follow_conventions_and_labels_are_bounded(stack, settings, alice):
+def test_names_follow_conventions_and_labels_are_bounded(stack, make_app, alice):
     # Traffic that could leak ids or paths into labels: job ids in URLs, unknown paths.
     wait_until_idle(stack)
     before = finished(stack)
@@ -88,7 +87,7 @@ def test_names_follow_conventions_and_labels_are_bounded(stack, settings, alice)
 
     with httpx.Client() as client:
         texts = [client.get(url).raise_for_status().text for url in [api_url(stack), *worker_urls(stack)]]
-    routes = {rule.rule for rule in create_app(settings).url_map.iter_rules()} | {"unmatched"}
+    routes = {rule.rule for rule in make_app().url_map.iter_rules()} | {"unmatched"}
     values_per_label: dict[str, set[str]] = {}
     ours = 0
     for text in texts:

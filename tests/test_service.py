@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from app import create_app
 from dlkit import files
 
 from .support import API_KEYS
@@ -107,15 +106,10 @@ def test_legacy_start_through_nginx_ends_in_200_or_the_apps_504(alice, settings)
 # In-process app against the stack's real Redis: settings a test must pin exactly.
 
 
-def app_client(settings, **overrides):
-    app = create_app(settings.model_copy(update=overrides))
-    return app.test_client()
-
-
-def test_legacy_start_completes_when_the_work_fits_the_timeout(settings):
-    client = app_client(
-        settings, DOWNLOAD_DELAY_MIN_MS=1000, DOWNLOAD_DELAY_MAX_MS=1000, REQUEST_TIMEOUT_MS=30000, API_KEYS=""
-    )
+def test_legacy_start_completes_when_the_work_fits_the_timeout(make_app):
+    client = make_app(
+        DOWNLOAD_DELAY_MIN_MS=1000, DOWNLOAD_DELAY_MAX_MS=1000, REQUEST_TIMEOUT_MS=30000, API_KEYS=""
+    ).test_client()
     r = client.post("/v1/download/start", json={"file_id": 70000})
     assert r.status_code == 200
     assert r.json["status"] == "completed" and r.json["size"] == files.file_size(70000)
@@ -124,16 +118,16 @@ def test_legacy_start_completes_when_the_work_fits_the_timeout(settings):
     assert missing.status_code == 404 and missing.json["type"] == "urn:dlkit:problem:file-not-available"
 
 
-def test_legacy_start_answers_504_when_the_work_outlives_the_timeout(settings):
-    client = app_client(
-        settings, DOWNLOAD_DELAY_MIN_MS=60000, DOWNLOAD_DELAY_MAX_MS=60000, REQUEST_TIMEOUT_MS=10000, API_KEYS=""
-    )
+def test_legacy_start_answers_504_when_the_work_outlives_the_timeout(make_app):
+    client = make_app(
+        DOWNLOAD_DELAY_MIN_MS=60000, DOWNLOAD_DELAY_MAX_MS=60000, REQUEST_TIMEOUT_MS=10000, API_KEYS=""
+    ).test_client()
     r = client.post("/v1/download/start", json={"file_id": 70000})
     assert r.status_code == 504 and r.mimetype == "application/problem+json"
 
 
-def test_rate_limit_answers_429_with_retry_after(settings):
-    client = app_client(settings, RATE_LIMIT_MAX_REQUESTS=3, RATE_LIMIT_WINDOW_MS=60_000)
+def test_rate_limit_answers_429_with_retry_after(make_app):
+    client = make_app(RATE_LIMIT_MAX_REQUESTS=3, RATE_LIMIT_WINDOW_MS=60_000).test_client()
     headers = {"Authorization": f"Bearer {API_KEYS['bob']}", "X-Forwarded-For": "203.0.113.9"}
     codes = [client.post("/v1/download/check", json={"file_id": 70000}, headers=headers).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
@@ -144,7 +138,7 @@ def test_rate_limit_answers_429_with_retry_after(settings):
 
 
 @pytest.mark.parametrize("origins,allowed", [("https://a.example", True), ("https://b.example", False)])
-def test_cors_follows_cors_origins(settings, origins, allowed):
-    client = app_client(settings, CORS_ORIGINS=origins)
+def test_cors_follows_cors_origins(make_app, origins, allowed):
+    client = make_app(CORS_ORIGINS=origins).test_client()
     r = client.get("/health", headers={"Origin": "https://a.example"})
     assert ("Access-Control-Allow-Origin" in r.headers) is allowed

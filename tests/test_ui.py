@@ -24,7 +24,6 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
-from app import create_app
 from dlkit import files
 from dlkit.settings import Settings
 
@@ -203,12 +202,12 @@ def test_cancel_shows_cancelled(page, slow):
 
 
 @pytest.fixture
-def serve(settings):
+def serve(make_app):
     """Serves create_app(settings + overrides) on a free port; yields its base URL."""
     servers = []
 
     def start_server(**overrides) -> str:
-        server = make_server("127.0.0.1", 0, create_app(settings.model_copy(update=overrides)), threaded=True)
+        server = make_server("127.0.0.1", 0, make_app(**overrides), threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_port}"
