@@ -8,7 +8,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dlkit.settings import Settings
 
-from . import http, metrics, ui
+from . import hooks, metrics, ui
 from .extensions import Resources, connect_redis, make_limiter
 from .problems import register_error_handlers, validation_problem
 from .routes import jobs, legacy, service
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.TRUSTED_PROXY_HOPS, x_proto=settings.TRUSTED_PROXY_HOPS)
 
     metrics.install(app)  # before every other hook: times and counts even the requests they refuse
-    http.install(app)  # next: every later hook, the limiter's included, sees the request id
+    hooks.install(app)  # next: every later hook, the limiter's included, sees the request id
     limiter = make_limiter(settings)
     limiter.init_app(app)
     app.extensions["dlkit"] = Resources(settings=settings, redis=connect_redis(settings), limiter=limiter)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Contract limits (design.md): not settings, because clients depend on them.
+# Contract limits (the API's OpenAPI document states them): not settings, because clients depend on them.
 FILE_ID_MIN = 10_000
 FILE_ID_MAX = 100_000_000
 MAX_FILES_PER_JOB = 1000

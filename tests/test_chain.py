@@ -1,5 +1,5 @@
 """The emulated chain (edge -> lb -> nginx -> gunicorn -> app) cuts synchronous requests where the
-production files say it will, with the share design.md's formula predicts; polling is never cut.
+production files say it will, with the share (120 - T) / 110 predicts; polling is never cut.
 
 The chain's stack runs every synchronous download for the full 120 s (2.4 s at TIME_SCALE 0.02),
 and each test rewrites copies of the production files so that one layer is the tightest.

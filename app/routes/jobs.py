@@ -20,7 +20,7 @@ from dlkit.jobs import IdempotencyConflict, Job, JobStatus, events_channel
 from dlkit.storage import presign_download
 
 from ..auth import authenticate, current_owner
-from ..http import retry_after
+from ..hooks import retry_after
 from ..problems import Problem
 from ..schemas import (
     API_ROUTE,

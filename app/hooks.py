@@ -1,4 +1,4 @@
-"""Cross-cutting HTTP behaviour: request ids, security and rate-limit headers, JSON bodies."""
+"""Request hooks for cross-cutting HTTP behaviour: request ids, security and rate-limit headers, JSON bodies."""
 
 from __future__ import annotations
 
