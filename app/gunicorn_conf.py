@@ -4,15 +4,14 @@ gthread workers, because sync workers ignore keep-alive and a keep-alive shorter
 balancer's idle timeout makes the LB reuse a connection gunicorn just closed (-> 502).
 """
 
-import glob
 import os
-import tempfile
+
+from dlkit import multiproc
 
 # Metrics in multiprocess mode: each worker writes its samples to files in this directory and
-# GET /metrics sums them, whichever worker answers. It must be set before prometheus_client is
-# first imported (it picks its storage then), so here, before the app is loaded in the workers.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dlkit-api-metrics-")
+# GET /metrics sums them, whichever worker answers. Chosen here, before the app is loaded in the
+# workers, because prometheus_client picks its storage when first imported.
+METRICS_DIR = multiproc.choose_directory(prefix="dlkit-api-metrics-")
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 # GUNICORN_WORKER_CLASS=sync exists to show the failure mode: a sync worker silent for `timeout`
@@ -42,12 +41,7 @@ errorlog = "-"
 
 
 def on_starting(server) -> None:
-    # Files left by a previous run would be summed into this one's counters: start from zero.
-    # Only the client's own *.db files are removed, in case the variable points somewhere shared.
-    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    os.makedirs(directory, exist_ok=True)
-    for path in glob.glob(os.path.join(directory, "*.db")):
-        os.remove(path)
+    multiproc.remove_previous_run(METRICS_DIR)  # once per master, not on every reload
 
 
 def child_exit(server, worker) -> None:

@@ -35,6 +35,7 @@ from rq.registry import StartedJobRegistry
 
 from dlkit import accounting
 from dlkit.jobs import ACTIVE, Job, JobStatus, JobStore, Transition, job_key
+from dlkit.metrics import JOB_FAILURES, JOBS_FINISHED, WORKER_LOST
 
 # The legacy synchronous call holds its request for up to 120 s (more behind a slow proxy), so
 # the buckets go past prometheus-client's default 10 s.
@@ -49,15 +50,7 @@ HTTP_DURATION = Histogram(
     ["route", "method"],
     buckets=HTTP_BUCKETS,
 )
-# The same three names are counted by the workers for the transitions they apply (worker/metrics.py):
-# a job reaches a terminal status exactly once, so the sum over all processes counts each job once.
 JOBS_INITIATED = Counter("dlkit_jobs_initiated_total", "Jobs created (idempotent replays excluded).")
-JOBS_FINISHED = Counter(
-    "dlkit_jobs_finished_total",
-    "Jobs that reached a terminal status, counted where the transition was applied.",
-    ["status"],
-)
-JOB_FAILURES = Counter("dlkit_job_failures_total", "Failed jobs by reason.", ["reason"])
 
 UNMATCHED = "unmatched"
 METRICS_PATH = "/metrics"
@@ -93,7 +86,7 @@ class MeteredJobStore(JobStore):
         if result.applied:
             # The API fails a job only from the watchdog (fail_if_stale): its worker stopped heartbeating.
             JOBS_FINISHED.labels(JobStatus.FAILED.value).inc()
-            JOB_FAILURES.labels("worker_lost").inc()
+            JOB_FAILURES.labels(WORKER_LOST).inc()
         return result
 
 

@@ -7,11 +7,9 @@ Run as many as you like, on as many hosts as you like, against the same Redis. W
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import os
 import signal
-import tempfile
 import time
 
 from redis import Redis
@@ -19,6 +17,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import StopRequested
 
+from dlkit import multiproc
 from dlkit.jobs import JobStore
 from dlkit.settings import Settings
 
@@ -48,10 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     # Multiprocess metrics need a directory of this worker's own, set and emptied before
     # prometheus_client is first imported (worker.metrics imports it, and its metrics open their
     # files then), so that the forked work horses inherit it.
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dlkit-worker-metrics-")
-    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    _wipe(metrics_dir)
+    metrics_dir = multiproc.choose_directory(prefix="dlkit-worker-metrics-")
+    multiproc.remove_previous_run(metrics_dir)
     from . import metrics
 
     settings = Settings.from_env()
@@ -121,13 +118,6 @@ def recover(worker: Worker, store: JobStore, redis: Redis) -> None:
     worker.register_death()  # its stale registration, so that work() can register it afresh
     log.warning("Redis is back: working again")
     time.sleep(RECONNECT_FIRST_S)  # a loop that keeps failing must not spin
-
-
-def _wipe(directory: str) -> None:
-    """Remove a previous run's metric files: they would be summed into this run's counters."""
-    os.makedirs(directory, exist_ok=True)
-    for path in glob.glob(os.path.join(directory, "*.db")):
-        os.remove(path)
 
 
 def _env_int(name: str) -> int | None:

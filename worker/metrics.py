@@ -29,19 +29,15 @@ from rq import Worker, get_current_job
 
 from dlkit import accounting
 from dlkit.jobs import Job, JobStatus, Transition
+from dlkit.metrics import INTERNAL_ERROR as INTERNAL_ERROR  # re-exported for worker/tasks.py
+from dlkit.metrics import JOB_FAILURES, JOBS_FINISHED, WORKER_DIED
+from dlkit.metrics import NO_FILES_AVAILABLE as NO_FILES_AVAILABLE
+from dlkit.metrics import STORAGE_UNAVAILABLE as STORAGE_UNAVAILABLE
 
 # Jobs take 10-120 s at real speed plus their queue wait; prometheus-client's default buckets stop
 # at 10 s. These cover 0.1 s (TIME_SCALE 0.02 in CI) to 10 minutes. 150 s is the time-to-file SLO
 # threshold (infra/prometheus/rules.yml), so it must be a bucket bound.
 JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 150, 180, 240, 300, 450, 600)
-
-# Shared names with the API (app/metrics.py): whoever applies a terminal transition counts it.
-JOBS_FINISHED = Counter(
-    "dlkit_jobs_finished_total",
-    "Jobs that reached a terminal status, counted where the transition was applied.",
-    ["status"],
-)
-JOB_FAILURES = Counter("dlkit_job_failures_total", "Failed jobs by reason.", ["reason"])
 
 WORKER_JOBS = Counter(
     "dlkit_worker_jobs_total",
@@ -60,12 +56,6 @@ TIME_TO_FILE = Histogram(
 )
 FILES = Counter("dlkit_worker_files_total", "Requested files processed, by availability.", ["result"])
 ARTIFACT_BYTES = Counter("dlkit_worker_artifact_bytes_total", "Bytes of completed artifacts uploaded to S3.")
-
-# Failure reasons: a fixed set, never the error text (which can hold ids and endpoints).
-NO_FILES_AVAILABLE = "no_files_available"
-STORAGE_UNAVAILABLE = "storage_unavailable"
-INTERNAL_ERROR = "internal_error"
-WORKER_DIED = "worker_died"
 
 
 # --- called from the work horse (worker/tasks.py) --------------------------------------------------
