@@ -31,10 +31,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
-from rq.registry import StartedJobRegistry
 
-from dlkit import accounting
-from dlkit.jobs import ACTIVE, Job, JobStatus, JobStore, Transition, job_key
+from dlkit import accounting, queue_state
+from dlkit.jobs import ACTIVE, Job, JobStatus, JobStore, Transition
 from dlkit.metrics import JOB_FAILURES, JOBS_FINISHED, WORKER_LOST
 
 # The legacy synchronous call holds its request for up to 120 s (more behind a slow proxy), so
@@ -91,15 +90,9 @@ class MeteredJobStore(JobStore):
 
 
 class QueueCollector:
-    """Job and worker figures read from Redis at scrape time, each at a cost that does not grow with
-    the number of jobs kept in Redis (1M records cost the same as 10):
-
-    - queued jobs: LLEN of the RQ queue (cancelling a queued job removes it from the queue);
-    - oldest queued job age: LINDEX 0 (RQ pushes right, pops left) and that record's createdAt;
-    - processing jobs and their oldest heartbeat: the ids in RQ's started registry (one entry per
-      running job, so bounded by the number of workers plus entries whose worker died and that RQ
-      has not swept yet), then one HMGET each;
-    - workers by state: RQ's worker registry, one HGETALL per worker.
+    """Job and worker figures read from Redis at scrape time: the queue's state (dlkit/queue_state.py,
+    the same reader the staging autoscaling signal uses) and the workers by state (RQ's worker
+    registry, one HGETALL per worker).
 
     Terminal states are counters (dlkit_jobs_finished_total), not read here: counting them from
     Redis would mean scanning every record. Every API instance reports the same cluster-wide
@@ -125,55 +118,29 @@ class QueueCollector:
         yield from families
 
     def _read(self) -> list[GaugeMetricFamily]:
-        now = self.clock()
-        queue = Queue(self.queue_name, connection=self.redis)
-        queued = queue.count
-        oldest_age = 0.0
-        head = self.redis.lindex(queue.key, 0)
-        if head is not None:
-            created = self.redis.hget(job_key(head.decode()), "createdAt")
-            if created is not None:
-                oldest_age = max(0.0, now - float(created))
-
-        started_ids = StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)  # read-only: no sweep
-        processing, max_beat_age = 0, 0.0
-        if started_ids:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for job_id in started_ids:
-                    pipe.hmget(job_key(job_id), "status", "heartbeatAt", "startedAt")
-                rows = pipe.execute()
-            for status, beat, started in rows:
-                if status is not None and status.decode() == JobStatus.QUEUED.value:
-                    queued += 1  # taken by a worker whose horse has not started it yet: still queued
-                if status is None or status.decode() != JobStatus.PROCESSING.value:
-                    continue
-                processing += 1
-                last = beat or started
-                if last is not None:
-                    max_beat_age = max(max_beat_age, now - float(last))
-
+        state = queue_state.read(self.redis, self.queue_name, self.clock())
         workers = GaugeMetricFamily("dlkit_workers", "RQ workers registered in Redis, by state.", labels=["state"])
         states = {"busy": 0, "idle": 0, "other": 0}
-        for worker in Worker.all(queue=queue):
-            state = getattr(worker.get_state(), "value", worker.get_state())  # WorkerStatus or plain str
-            states[state if state in states else "other"] += 1
-        for state, count in states.items():
-            workers.add_metric([state], count)
+        for worker in Worker.all(queue=Queue(self.queue_name, connection=self.redis)):
+            state_name = getattr(worker.get_state(), "value", worker.get_state())  # WorkerStatus or plain str
+            states[state_name if state_name in states else "other"] += 1
+        for state_name, count in states.items():
+            workers.add_metric([state_name], count)
 
         jobs = GaugeMetricFamily("dlkit_jobs", "Jobs not yet finished, by status.", labels=["status"])
-        jobs.add_metric([JobStatus.QUEUED.value], queued)
-        jobs.add_metric([JobStatus.PROCESSING.value], processing)
+        jobs.add_metric([JobStatus.QUEUED.value], state.queued)
+        jobs.add_metric([JobStatus.PROCESSING.value], state.processing)
         return [
             jobs,
             GaugeMetricFamily(
                 "dlkit_queue_oldest_job_age_seconds",
                 "Age of the oldest job still queued (0 when the queue is empty).",
-                value=oldest_age,
+                value=state.oldest_queued_age_s,
             ),
             GaugeMetricFamily(
                 "dlkit_jobs_processing_max_heartbeat_age_seconds",
                 "Oldest heartbeat among processing jobs (0 when none is processing).",
-                value=max_beat_age,
+                value=state.max_heartbeat_age_s,
             ),
             workers,
         ]

@@ -136,6 +136,17 @@ def slow(tmp_path_factory) -> Kit:
 
 
 @pytest.fixture
+def workers_stopped(slow):
+    """Stop every worker of the slow stack so that new jobs stay queued; start them again afterwards."""
+    names = [n for n in slow.stack.components if n.startswith("worker")]
+    for name in names:
+        slow.stack.stop_component(name)
+    yield
+    for name in names:
+        slow.stack.start_component(name)
+
+
+@pytest.fixture
 def make_app(settings):
     """`create_app()` in this process on the session stack's Redis, with settings overridden; closed at
     teardown (a socket left to the garbage collector is an error when the session ends)."""

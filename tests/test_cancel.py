@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from rq import Queue
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
@@ -36,17 +35,6 @@ def wait_rq_finished(redis, job_id: str, timeout_s: float = 20) -> RQJob:
             return job
         assert time.monotonic() < deadline, f"worker still on {job_id}: {job.get_status()}"
         time.sleep(0.05)
-
-
-@pytest.fixture
-def workers_stopped(slow):
-    """Stop every worker so that a new job stays queued; start them again afterwards."""
-    names = [n for n in slow.stack.components if n.startswith("worker")]
-    for name in names:
-        slow.stack.stop_component(name)
-    yield
-    for name in names:
-        slow.stack.start_component(name)
 
 
 def test_cancel_a_queued_job(slow, workers_stopped):

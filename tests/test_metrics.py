@@ -5,15 +5,19 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import textwrap
 import time
 
+import boto3
 import httpx
 import psutil
 import pytest
+from botocore.stub import Stubber
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.metrics import StorageCollector
+from dlkit.kit import ROOT
 from dlkit.storage import s3_client
 
 from .support import available_ids, initiate
@@ -205,3 +209,30 @@ def test_redis_and_storage_up_say_what_the_api_reaches(stack, settings):
         registry.register(StorageCollector(down, settings.S3_BUCKET_NAME))
         assert b"dlkit_storage_up 0.0" in generate_latest(registry)
         down.close()
+
+
+def test_the_autoscaling_signal_is_the_api_gauge(slow, workers_stopped, monkeypatch):
+    """The staging queue-depth task, its Python run as Terraform ships it, publishes the number the API
+    exports as dlkit_jobs{status="queued"}. CloudWatch is not reachable here: botocore's Stubber takes
+    the call and checks its parameters."""
+    hcl = (ROOT / "infra" / "terraform" / "services.tf").read_text()
+    script = textwrap.dedent(re.search(r"queue_depth_script = <<-PY\n(.*?)\n\s*PY\n", hcl, re.S).group(1))
+    script = script.replace("${var.environment}", "test")
+    for name, setting in slow.stack.client_env().items():
+        monkeypatch.setenv(name, setting)
+    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    monkeypatch.setattr(boto3, "client", lambda service: cloudwatch)
+    with slow.client() as alice:
+        jobs = [initiate(alice, [70000]).json()["jobId"] for _ in range(3)]
+        try:
+            gauge = value(scrape(api_url(slow.stack)), "dlkit_jobs", status="queued")
+            metric = {"MetricName": "QueueDepth", "Value": gauge, "Unit": "Count"}
+            metric["Dimensions"] = [{"Name": "Environment", "Value": "test"}]
+            with Stubber(cloudwatch) as stub:
+                stub.add_response("put_metric_data", {}, expected_params={"Namespace": "dlkit", "MetricData": [metric]})
+                exec(compile(script, "services.tf: queue_depth_script", "exec"), {})
+                stub.assert_no_pending_responses()
+            assert gauge == 3
+        finally:
+            for job_id in jobs:
+                alice.post(f"/v1/download/cancel/{job_id}")

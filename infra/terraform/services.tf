@@ -245,17 +245,17 @@ resource "aws_vpc_security_group_egress_rule" "tasks_redis" {
 }
 
 # Worker autoscaling on queue depth. CloudWatch cannot read Redis, so a small scheduled task
-# (the same image, every minute) reads the RQ queue length and publishes it as dlkit/QueueDepth:
-# the same number the API's /metrics exports as dlkit_jobs{status="queued"}. The scaling alarms
-# cannot tell a stopped publisher from a quiet queue, so queue_depth_missing alarms on it.
+# (the same image, every minute) reads the queued jobs and publishes them as dlkit/QueueDepth,
+# with the reader behind the API's dlkit_jobs{status="queued"} (dlkit/queue_state.py): one number.
+# The scaling alarms cannot tell a stopped publisher from a quiet queue, so queue_depth_missing alarms on it.
 locals {
   queue_depth_script = <<-PY
     import boto3
     from redis import Redis
-    from rq import Queue
+    from dlkit import queue_state
     from dlkit.settings import Settings
     s = Settings.from_env()
-    depth = Queue(s.QUEUE_NAME, connection=Redis.from_url(s.REDIS_URL)).count
+    depth = queue_state.read(Redis.from_url(s.REDIS_URL), s.QUEUE_NAME).queued
     boto3.client("cloudwatch").put_metric_data(Namespace="dlkit", MetricData=[{
         "MetricName": "QueueDepth", "Value": depth, "Unit": "Count",
         "Dimensions": [{"Name": "Environment", "Value": "${var.environment}"}]}])
