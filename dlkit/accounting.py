@@ -13,7 +13,9 @@ Synchronous `start` (app/routes/legacy.py):
 
 Jobs (app/metrics.py counts on the API side, worker/metrics.py in the work horse):
 - created: jobs the API accepted (an Idempotency-Key replay creates nothing);
-- completed (+ their simulated seconds), downloaded (the API handed out the artifact's URL:
+- completed (+ their simulated seconds, their seconds in the queue and from initiate to the artifact
+  being ready: with the client's time to file, what `dlkit demo` splits into queue wait, work and
+  poll overhead), downloaded (the API handed out the artifact's URL:
   the first 302 per job; S3 fetches themselves are not visible to the API);
 - cancelled_running (+ the seconds the job had run): a job cancelled while queued cost nothing.
 Wasted job seconds = seconds of jobs cancelled mid-way + seconds of completed jobs never
@@ -45,6 +47,8 @@ SYNC_WASTED_SECONDS = PREFIX + "sync:wasted_seconds"
 JOBS_CREATED = PREFIX + "jobs:created"
 JOBS_COMPLETED = PREFIX + "jobs:completed"
 JOBS_COMPLETED_SECONDS = PREFIX + "jobs:completed_seconds"
+JOBS_QUEUE_WAIT_SECONDS = PREFIX + "jobs:queue_wait_seconds"  # of completed jobs
+JOBS_READY_SECONDS = PREFIX + "jobs:ready_seconds"  # initiate -> artifact ready, of completed jobs
 JOBS_DOWNLOADED = PREFIX + "jobs:downloaded"
 JOBS_DOWNLOADED_SECONDS = PREFIX + "jobs:downloaded_seconds"
 JOBS_DOWNLOADED_IDS = PREFIX + "jobs:downloaded_ids"  # + ":<window>": sets, only the first 302 of a job counts
@@ -60,6 +64,8 @@ KEYS = (
     JOBS_CREATED,
     JOBS_COMPLETED,
     JOBS_COMPLETED_SECONDS,
+    JOBS_QUEUE_WAIT_SECONDS,
+    JOBS_READY_SECONDS,
     JOBS_DOWNLOADED,
     JOBS_DOWNLOADED_SECONDS,
     JOBS_CANCELLED_RUNNING,
@@ -102,8 +108,18 @@ def job_created(redis: Redis) -> None:
     _count(redis, JOBS_CREATED)
 
 
-def job_completed(redis: Redis, seconds: float) -> None:
-    _count(redis, JOBS_COMPLETED, JOBS_COMPLETED_SECONDS, seconds)
+def job_completed(redis: Redis, seconds: float, queue_wait_s: float, ready_s: float) -> None:
+    """A job's artifact is ready: `seconds` of simulated work, after `queue_wait_s` in the queue,
+    `ready_s` after it was initiated."""
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.incr(JOBS_COMPLETED)
+            pipe.incrbyfloat(JOBS_COMPLETED_SECONDS, seconds)
+            pipe.incrbyfloat(JOBS_QUEUE_WAIT_SECONDS, queue_wait_s)
+            pipe.incrbyfloat(JOBS_READY_SECONDS, ready_s)
+            pipe.execute()
+    except RedisError as error:
+        log.warning("accounting: could not count a completed job: %s", error)
 
 
 def job_cancelled_running(redis: Redis, seconds: float) -> None:
@@ -148,6 +164,9 @@ def read(redis: Redis) -> dict:
             "downloaded": int(values[JOBS_DOWNLOADED]),
             "cancelled_running": int(values[JOBS_CANCELLED_RUNNING]),
             "seconds": round(values[JOBS_COMPLETED_SECONDS] + values[JOBS_CANCELLED_SECONDS], 3),
+            "completed_seconds": round(values[JOBS_COMPLETED_SECONDS], 3),
+            "queue_wait_seconds": round(values[JOBS_QUEUE_WAIT_SECONDS], 3),
+            "ready_seconds": round(values[JOBS_READY_SECONDS], 3),
             # Float sums of the same values in another order can differ in the last bits.
             "wasted_seconds": round(max(0.0, jobs_wasted), 3),
         },

@@ -168,6 +168,10 @@ def check_demo_summary(summary: dict) -> None:
     assert polling["errors"] == 0
     assert polling["downloads"] == polling["completed"] == polling["verified"] > 0
     assert polling["wasted_backend_seconds"] == 0
+    # Time to file split by the workers' clocks (how much is queue wait depends on the machine's load).
+    split = polling["time_to_file_split"]
+    assert split["work_s"] > 0 and split["queue_wait_s"] >= 0 and split["overhead_s"] >= 0, split
+    assert split["queue_wait_s"] + split["work_s"] <= polling["time_to_file_mean_s"] + 0.01, (split, polling)
 
     storm = summary["scenarios"]["retry_storm"]
     assert storm["polling_amplification"] == 1.0

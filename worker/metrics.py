@@ -85,7 +85,8 @@ def job_completed(job: Job, done: Transition, size: int) -> None:
     TIME_TO_FILE.observe(max(0.0, now - job.created_at))
     ARTIFACT_BYTES.inc(size)
     # Backend accounting (dlkit/accounting.py), in the job's own Redis: the horse's RQ connection.
-    accounting.job_completed(get_current_job().connection, job.delay_s)
+    queue_wait = max(0.0, job.started_at - job.created_at)
+    accounting.job_completed(get_current_job().connection, job.delay_s, queue_wait, max(0.0, now - job.created_at))
 
 
 def job_failed(job: Job, failed: Transition, reason: str) -> None:
