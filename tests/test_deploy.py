@@ -19,6 +19,8 @@ import jsonschema
 import pytest
 import yaml
 
+from dlkit.kit.recipes import prometheus_binary
+from dlkit.kit.stack import Stack
 from dlkit.kit.timeouts import ROOT
 from dlkit.settings import Settings
 
@@ -50,6 +52,39 @@ def test_compose_follows_the_compose_specification(compose):
     schema = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
     errors = [f"{e.json_path}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(compose)]
     assert not errors, errors
+
+
+# The topology is written twice, for compose (docker-compose.yml) and for the embedded stack
+# (dlkit/kit/stack.py): each compose service is an embedded component, or compose-only for a reason.
+EMBEDDED_AS = {
+    "redis": "valkey",
+    "s3": "seaweedfs",
+    "api": "api",
+    "worker": "worker-1",
+    "nginx": "nginx",
+    "lb": "lb",
+    "edge": "edge",
+    "prometheus": "prometheus",
+}
+COMPOSE_ONLY = {
+    "createbucket": "a one-shot job: the embedded stack creates the bucket itself (dlkit/storage.py)",
+    "alertmanager": "routes alerts to people; locally the firing alerts are on Prometheus's /alerts",
+    "alert-log": "Alertmanager's receiver",
+    "grafana": "dashboards; `dlkit demo` draws its own charts",
+}
+
+
+def test_compose_and_the_embedded_stack_run_the_same_components_in_the_same_order(services, tmp_path):
+    stack = Stack(tmp_path, base_port=20000, workers=1, prometheus=True)
+    embedded = list(stack.components)
+    assert set(services) == set(EMBEDDED_AS) | set(COMPOSE_ONLY)
+    expected = [name for name in EMBEDDED_AS.values() if name != "prometheus" or prometheus_binary() is not None]
+    assert sorted(embedded) == sorted(expected)
+    # What compose starts first (depends_on), the embedded stack starts first too.
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            if name in EMBEDDED_AS and dependency in EMBEDDED_AS and EMBEDDED_AS[name] in embedded:
+                assert embedded.index(EMBEDDED_AS[dependency]) < embedded.index(EMBEDDED_AS[name]), (name, dependency)
 
 
 def test_every_bind_mounted_file_exists(services):
