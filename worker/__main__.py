@@ -19,8 +19,10 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import StopRequested
 
-from dlkit.jobs import JobStore
+from dlkit.jobs import JobStatus, JobStore, Transition
 from dlkit.settings import Settings
+
+from . import sweeper
 
 log = logging.getLogger("worker")
 # Reconnecting to a lost Redis: first retry after half a second, doubling up to 30 s.
@@ -59,11 +61,21 @@ def main(argv: list[str] | None = None) -> None:
     redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
     store = JobStore(redis, settings.JOB_TTL_S)
 
+    lost = sweeper.lost_jobs(settings)
+    sweeper.Sweeper(lost, settings.stale_after_s, settings.sweep_interval_s).start()
+
     def on_horse_killed(job, retpid, ret_val, rusage) -> None:
-        # RQ moves the job to its failed registry but knows nothing of our record: without
-        # this the job would stay "processing" until the watchdog noticed.
-        failed = store.fail(job.id, f"worker process died while processing (wait status {ret_val})")
-        metrics.horse_killed(failed)
+        # RQ knows nothing of our record: without this the job would wait for a sweeper. Re-queued in
+        # our record, it is re-enqueued by RQ's own failure handling, which runs next, as a retry.
+        reason = f"worker process died while processing (wait status {ret_val})"
+        changed = lost.handle(job.id, reason, in_rq=False)
+        # Queued also when it died before starting the job (no attempt spent) or a sweeper came first
+        # (then RQ holds it twice; the second run finds it started and skips it).
+        current = changed or store.get(job.id)
+        if current is not None and current.status is JobStatus.QUEUED:
+            job.retries_left = 1
+        failed = changed is not None and changed.status is JobStatus.FAILED
+        metrics.horse_killed(Transition(failed, JobStatus.PROCESSING))
 
     worker = metrics.MeteredWorker(
         [Queue(settings.QUEUE_NAME, connection=redis)],
