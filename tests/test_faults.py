@@ -34,7 +34,10 @@ def test_redis_down_gives_503_quickly_and_the_api_recovers(slow):
                 assert time.monotonic() - started < 5, "a dead Redis must not hang the API"
             health = alice.get("/health")
             assert health.status_code == 503
-            assert health.json() == {"status": "unhealthy", "checks": {"storage": "ok", "redis": "error"}}
+            assert health.json() == {
+                "status": "unhealthy",
+                "checks": {"storage": "ok", "redis": "error", "workers": "error"},
+            }
         finally:
             slow.stack.start_component("valkey")
 
