@@ -116,10 +116,10 @@ def test_a_dead_worker_s_job_is_requeued_without_a_poll_and_its_partial_upload_a
         assert _incomplete_uploads(s3, slow.settings.S3_BUCKET_NAME, key), "no partial upload to abort"
         name, horse = _busy_horse(slow)
         worker = _worker_process(slow, name)
+        killed = time.monotonic()
         worker.kill()
         horse.kill()
         psutil.wait_procs([worker, horse], timeout=5)
-        killed = time.monotonic()
         try:
             # No status read meanwhile: only the record in Redis, as a sweeper changes it.
             while _record(slow, job_id)["status"] == "processing":
