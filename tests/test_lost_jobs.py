@@ -12,7 +12,9 @@ import time
 import httpx
 import psutil
 import pytest
+from redis import Redis
 
+from dlkit.jobs import processing_index_key
 from dlkit.settings import Settings
 
 from .test_supervision import SCALE, Up, assert_problems, start_job, wait_end
@@ -101,3 +103,13 @@ def test_a_job_whose_worker_dies_on_every_attempt_fails_after_the_last(up):
     )
     assert_problems(errors)
     print(f"failed after {ATTEMPTS} attempts, {time.monotonic() - started:.1f} s after it was created")
+
+
+def test_no_key_of_a_lost_job_is_left_without_a_ttl(up):
+    """After the jobs above (re-queued, re-run, failed after the last attempt), RQ's job hashes, which RQ
+    persists while a job is started, and the job records all expire again."""
+    with Redis.from_url(up.state()["redis_url"]) as redis:
+        keys = [k.decode() for pattern in ("rq:job:*", "dlkit:job:*") for k in redis.scan_iter(match=pattern)]
+        assert keys
+        assert {key: redis.ttl(key) for key in keys if redis.ttl(key) == -1} == {}
+        assert redis.zcard(processing_index_key()) == 0  # nothing is processing any more
