@@ -39,10 +39,10 @@ class LostJobs:
         self.bucket = bucket
         self.max_attempts = max_attempts
 
-    def handle(self, job_id: str, reason: str, attempt: int | None = None, in_rq: bool = True) -> Job | None:
-        """Re-queue or fail `job_id` (only while on `attempt`, if given); the job as changed, or None when
-        someone else came first. `in_rq=False`: the caller leaves RQ's side to RQ (a killed horse)."""
-        changed = self.store.requeue_or_fail(job_id, self.max_attempts, reason, attempt)
+    def handle(self, job_id: str, reason: str, in_rq: bool = True) -> Job | None:
+        """Re-queue or fail `job_id`; the job as changed, or None when someone else came first (another
+        sweeper, or the job ended). `in_rq=False`: the caller leaves RQ's side to RQ (a killed horse)."""
+        changed = self.store.requeue_or_fail(job_id, self.max_attempts, reason)
         if changed is None:
             return None
         requeued = changed.status is JobStatus.QUEUED
@@ -89,13 +89,18 @@ class Sweeper(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        redis_down = False
         while not self.stopped.wait(self.interval_s):
             try:
                 self.sweep()
-            except RedisError as error:  # Redis away: the worker's own loop waits for it too
-                log.warning("sweep failed: %s", error)
+            except RedisError as error:  # Redis away: the worker's own loop waits for it too; say it once
+                if not redis_down:
+                    log.warning("sweeps fail until Redis is back: %s", error)
+                redis_down = True
+                continue
             except Exception:  # a sweeper that stops for good would leave lost jobs to nobody
                 log.exception("sweep failed")
+            redis_down = False
 
     def sweep(self) -> list[str]:
         """One pass; the ids of the jobs this sweeper re-queued or failed."""
