@@ -33,8 +33,8 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 
 from dlkit import accounting, queue_state
-from dlkit.jobs import ACTIVE, Job, JobStatus, JobStore, Transition
-from dlkit.metrics import JOB_FAILURES, JOBS_FINISHED, WORKER_LOST
+from dlkit.jobs import Job, JobStatus, JobStore, Transition
+from dlkit.metrics import JOBS_FINISHED
 
 # The legacy synchronous call holds its request for up to 120 s (more behind a slow proxy), so
 # the buckets go past prometheus-client's default 10 s.
@@ -57,8 +57,9 @@ DOWNLOAD_ROUTE = "/v1/download/<uuid:job_id>"  # its 302 hands out the artifact:
 
 
 class MeteredJobStore(JobStore):
-    """The API's job store, counting the transitions the API applies: creation, cancel, and the
-    watchdog failing a job whose worker is gone. Only applied transitions count, so a second
+    """The API's job store, counting the transitions the API applies: creation and cancel (a lost
+    worker's job is re-queued or failed by the workers' sweepers, worker/sweeper.py, which count
+    it). Only applied transitions count, so a second
     cancel of the same job (answered 200, idempotent) is not counted twice. Creation and cancel
     also go to the backend accounting (dlkit/accounting.py) that `dlkit demo` reads."""
 
@@ -78,14 +79,6 @@ class MeteredJobStore(JobStore):
                 job = self.get(job_id)
                 if job is not None and job.started_at is not None and job.finished_at is not None:
                     accounting.job_cancelled_running(self.redis, min(job.delay_s, job.finished_at - job.started_at))
-        return result
-
-    def fail(self, job_id: str, error: str, allowed: tuple[JobStatus, ...] = ACTIVE) -> Transition:
-        result = super().fail(job_id, error, allowed)
-        if result.applied:
-            # The API fails a job only from the watchdog (fail_if_stale): its worker stopped heartbeating.
-            JOBS_FINISHED.labels(JobStatus.FAILED.value).inc()
-            JOB_FAILURES.labels(WORKER_LOST).inc()
         return result
 
 

@@ -77,6 +77,9 @@ class ArtifactInfo(BaseModel):
 class JobStatusResponse(BaseModel):
     jobId: UUID
     status: JobStatusName
+    attempt: int = Field(
+        ge=1, description="Run of the job, from 1: a job whose worker was lost is re-queued with the next"
+    )
     progress: float = Field(description="Percent of files processed")
     totalFiles: int
     processedFiles: int
@@ -87,6 +90,9 @@ class JobStatusResponse(BaseModel):
     updatedAt: str
     estimatedSecondsRemaining: float | None
     artifact: ArtifactInfo | None
+    note: str | None = Field(
+        description="Why an active job does not move, when known: no live worker, or its worker was lost"
+    )
 
 
 class InitiateResponse(BaseModel):
@@ -170,6 +176,16 @@ class ServiceIndex(BaseModel):
     links: dict[str, str]
 
 
+class HealthChecks(BaseModel):
+    storage: Literal["ok", "error"]
+    redis: Literal["ok", "error"]
+    workers: Literal["ok", "none", "error"] = Field(
+        description="`none`: no worker registered in Redis (queued jobs wait); `error`: Redis unreachable"
+    )
+
+
 class Health(BaseModel):
-    status: Literal["healthy", "unhealthy"]
-    checks: dict[str, Literal["ok", "error"]]
+    status: Literal["healthy", "degraded", "unhealthy"] = Field(
+        description="`degraded` (200): Redis and S3 answer but no worker is live; `unhealthy` (503): one does not"
+    )
+    checks: HealthChecks

@@ -54,6 +54,11 @@ def events_channel(job_id: str) -> str:
     return f"{KEY_PREFIX}:job:{job_id}:events"
 
 
+def processing_index_key() -> str:
+    """Processing jobs by last heartbeat (a sorted set the transition script keeps): the sweeper's index."""
+    return f"{KEY_PREFIX}:jobs:processing"
+
+
 def owner_index_key(owner: str) -> str:
     return f"{KEY_PREFIX}:owner:{owner}:jobs"
 
@@ -87,6 +92,7 @@ class Job:
     artifact_key: str | None = None
     artifact_size: int | None = None
     artifact_sha256: str | None = None
+    attempt: int = 1  # 1-based; a job re-queued after its worker was lost runs again with the next
 
     @property
     def total_files(self) -> int:
@@ -119,6 +125,7 @@ class Job:
             "updatedAt": repr(self.updated_at),
             "processedFiles": str(self.processed_files),
             "unavailableFileIds": json.dumps(self.unavailable_file_ids),
+            "attempt": str(self.attempt),
         }
         optional = {
             "startedAt": self.started_at,
@@ -154,6 +161,7 @@ class Job:
             artifact_key=h.get("artifactKey"),
             artifact_size=int(h["artifactSize"]) if "artifactSize" in h else None,
             artifact_sha256=h.get("artifactSha256"),
+            attempt=int(h.get("attempt", 1)),
         )
 
     def to_api(self, now: float | None = None) -> dict:
@@ -162,6 +170,7 @@ class Job:
         return {
             "jobId": self.id,
             "status": self.status.value,
+            "attempt": self.attempt,
             "progress": self.progress,
             "totalFiles": self.total_files,
             "processedFiles": self.processed_files,
@@ -176,20 +185,32 @@ class Job:
                 if self.status is JobStatus.COMPLETED
                 else None
             ),
+            "note": None,  # filled in by the API when no live worker can move the job on
         }
 
 
-# KEYS[1] = job hash, KEYS[2] = its events channel. ARGV[1] = allowed current statuses (space
-# separated), ARGV[2] = new status ('' to keep it), ARGV[3] = TTL seconds, ARGV[4] = '1' to announce
-# the change on the channel, then field/value pairs. Returns {applied, current status}.
+# KEYS[1] = job hash, KEYS[2] = its events channel, KEYS[3] = the processing index. ARGV[1] = allowed
+# current statuses (space separated), ARGV[2] = new status ('' to keep it), ARGV[3] = TTL seconds,
+# ARGV[4] = '1' to announce the change on the channel, ARGV[5] = the attempt the caller works on ('' for
+# any: a worker whose job was re-queued under it can change nothing), then field/value pairs. A
+# processing job is indexed by its heartbeat, any other leaves the index. Returns {applied, current status}.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
+if ARGV[5] ~= '' and (redis.call('HGET', KEYS[1], 'attempt') or '1') ~= ARGV[5] then return {0, cur} end
 for s in string.gmatch(ARGV[1], '%S+') do
   if s == cur then
     if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[2]) end
-    for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
     redis.call('EXPIRE', KEYS[1], ARGV[3])
+    local id = redis.call('HGET', KEYS[1], 'id')
+    local beat = redis.call('HGET', KEYS[1], 'heartbeatAt')
+    if redis.call('HGET', KEYS[1], 'status') == 'processing' and beat then
+      redis.call('ZADD', KEYS[3], beat, id)
+      redis.call('EXPIRE', KEYS[3], ARGV[3])
+    else
+      redis.call('ZREM', KEYS[3], id)
+    end
     if ARGV[4] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[2] ~= '' and ARGV[2] or cur) end
     return {1, cur}
   end
@@ -307,20 +328,55 @@ class JobStore:
                 pipe.execute()
         return result
 
-    def fail_if_stale(self, job: Job, stale_after_s: float) -> Job:
-        """Watchdog: a processing job whose worker stopped heartbeating is failed, not left hanging.
-
-        Called on every status read, so a dead worker is noticed by the first poll after
-        `stale_after_s`, without a sweeper process of its own.
-        """
-        now = self.clock()
+    def is_stale(self, job: Job, lost_after_s: float) -> bool:
+        """A processing job whose worker stopped heartbeating (the sweeper re-queues it)."""
         beat = job.heartbeat_at or job.started_at or job.updated_at
-        if job.status is not JobStatus.PROCESSING or now - beat <= stale_after_s:
-            return job
-        error = f"worker lost: no heartbeat for {now - beat:.1f} s"
-        if self.fail(job.id, error, allowed=(JobStatus.PROCESSING,)).applied:
-            return self.get(job.id) or job
-        return self.get(job.id) or job
+        return job.status is JobStatus.PROCESSING and self.clock() - beat > lost_after_s
+
+    # -- lost workers (any worker sweeps: worker/sweeper.py) --------------------------------
+
+    def lost(self, lost_after_s: float, limit: int = 100) -> list[str]:
+        """Ids of processing jobs whose last heartbeat is older than `lost_after_s`, oldest first."""
+        cutoff = self.clock() - lost_after_s
+        ids = self.redis.zrangebyscore(processing_index_key(), "-inf", cutoff, start=0, num=limit)
+        return [i.decode() for i in ids]
+
+    def requeue_or_fail(self, job_id: str, max_attempts: int, reason: str, attempt: int | None = None) -> Job | None:
+        """A processing job whose worker was lost goes back to `queued` with the next attempt and its
+        progress reset, or, after `max_attempts`, fails with `reason`. `attempt`: only if the job is
+        still on that attempt. Returns the job as changed, or None when nothing was changed (another
+        sweeper or the job's end came first). Safe to call from any number of processes at once: the
+        transition is applied only to the attempt that was read."""
+        job = self.get(job_id)
+        if job is None:
+            self.redis.zrem(processing_index_key(), job_id)  # its record expired: drop the entry
+            return None
+        if job.status is not JobStatus.PROCESSING or attempt not in (None, job.attempt):
+            return None
+        now = self.clock()
+        if job.attempt < max_attempts:
+            changed = self._apply(
+                job_id,
+                (JobStatus.PROCESSING,),
+                JobStatus.QUEUED,
+                expect_attempt=job.attempt,
+                attempt=job.attempt + 1,
+                processedFiles=0,
+                unavailableFileIds="[]",
+                updatedAt=now,
+            )
+        else:
+            error = f"{reason} (after {job.attempt} attempt{'s' if job.attempt > 1 else ''})"
+            changed = self._apply(
+                job_id,
+                (JobStatus.PROCESSING,),
+                JobStatus.FAILED,
+                expect_attempt=job.attempt,
+                error=error,
+                finishedAt=now,
+                updatedAt=now,
+            )
+        return self.get(job_id) if changed.applied else None
 
     # -- worker side ----------------------------------------------------------------------
 
@@ -330,28 +386,36 @@ class JobStore:
             job_id, (JobStatus.QUEUED,), JobStatus.PROCESSING, startedAt=now, heartbeatAt=now, updatedAt=now
         )
 
-    def record_progress(self, job_id: str, processed_files: int, unavailable_file_ids: list[int]) -> Transition:
+    def record_progress(
+        self, job_id: str, processed_files: int, unavailable_file_ids: list[int], attempt: int | None = None
+    ) -> Transition:
         now = self.clock()
         return self._apply(
             job_id,
             (JobStatus.PROCESSING,),
             None,
+            expect_attempt=attempt,
             processedFiles=processed_files,
             unavailableFileIds=json.dumps(unavailable_file_ids),
             heartbeatAt=now,
             updatedAt=now,
         )
 
-    def heartbeat(self, job_id: str) -> Transition:
+    def heartbeat(self, job_id: str, attempt: int | None = None) -> Transition:
         # Not announced: nothing a client sees has changed.
-        return self._apply(job_id, (JobStatus.PROCESSING,), None, announce=False, heartbeatAt=self.clock())
+        return self._apply(
+            job_id, (JobStatus.PROCESSING,), None, announce=False, expect_attempt=attempt, heartbeatAt=self.clock()
+        )
 
-    def complete(self, job_id: str, artifact_key: str, size: int, sha256: str) -> Transition:
+    def complete(
+        self, job_id: str, artifact_key: str, size: int, sha256: str, attempt: int | None = None
+    ) -> Transition:
         now = self.clock()
         return self._apply(
             job_id,
             (JobStatus.PROCESSING,),
             JobStatus.COMPLETED,
+            expect_attempt=attempt,
             artifactKey=artifact_key,
             artifactSize=size,
             artifactSha256=sha256,
@@ -359,20 +423,34 @@ class JobStore:
             updatedAt=now,
         )
 
-    def fail(self, job_id: str, error: str, allowed: tuple[JobStatus, ...] = ACTIVE) -> Transition:
+    def fail(
+        self, job_id: str, error: str, allowed: tuple[JobStatus, ...] = ACTIVE, attempt: int | None = None
+    ) -> Transition:
         now = self.clock()
-        return self._apply(job_id, allowed, JobStatus.FAILED, error=error, finishedAt=now, updatedAt=now)
+        return self._apply(
+            job_id, allowed, JobStatus.FAILED, expect_attempt=attempt, error=error, finishedAt=now, updatedAt=now
+        )
 
-    def _apply(self, job_id: str, allowed, new_status: JobStatus | None, announce: bool = True, **fields) -> Transition:
+    def _apply(
+        self,
+        job_id: str,
+        allowed,
+        new_status: JobStatus | None,
+        announce: bool = True,
+        expect_attempt: int | None = None,
+        **fields,
+    ) -> Transition:
         args: list = [
             " ".join(s.value for s in allowed),
             new_status.value if new_status else "",
             self.ttl_s,
             "1" if announce else "0",
+            "" if expect_attempt is None else str(expect_attempt),
         ]
         for name, value in fields.items():
             args += [name, repr(value) if isinstance(value, float) else str(value)]
-        applied, current = self._transition(keys=[job_key(job_id), events_channel(job_id)], args=args)
+        keys = [job_key(job_id), events_channel(job_id), processing_index_key()]
+        applied, current = self._transition(keys=keys, args=args)
         return Transition(bool(applied), JobStatus(current.decode()) if current else None)
 
 

@@ -1,6 +1,6 @@
 """Metrics that the API and the workers both count: whoever applies a job's terminal transition counts
-it (cancel and the watchdog in the API, completion and failures in the workers). A job reaches a terminal
-status once, so the sum over every process counts each job once.
+it (cancel in the API; completion and failures, a lost job's included, in the workers). A job reaches a
+terminal status once, so the sum over every process counts each job once.
 
 Import after the multiprocess directory is chosen (dlkit/multiproc.py).
 """
@@ -21,4 +21,4 @@ NO_FILES_AVAILABLE = "no_files_available"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL_ERROR = "internal_error"
 WORKER_DIED = "worker_died"  # its work horse was killed (worker/__main__.py)
-WORKER_LOST = "worker_lost"  # the whole worker stopped heartbeating (the watchdog)
+WORKER_LOST = "worker_lost"  # the whole worker stopped heartbeating (a sweeper found it)

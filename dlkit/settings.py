@@ -70,8 +70,12 @@ class Settings(BaseSettings):
     # Each open stream holds a gunicorn thread: end it after this long; clients reconnect.
     SSE_MAX_STREAM_S: float = Field(300, gt=0)
     WORKER_HEARTBEAT_S: float = Field(5, gt=0)
-    # A processing job whose heartbeat is older than this is failed (its worker died).
-    JOB_STALE_AFTER_S: float = Field(30, gt=0)
+    # A processing job whose heartbeat is older than this is lost (its worker died): the sweeper every
+    # worker runs (worker/sweeper.py) re-queues it. 1.5 heartbeats, swept every quarter heartbeat: a lost
+    # job is found within 2 heartbeats.
+    JOB_STALE_AFTER_S: float = Field(7.5, gt=0)
+    # Runs of a job whose worker is lost each time: it is re-queued until this many, then failed.
+    JOB_MAX_ATTEMPTS: int = Field(3, ge=1)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> Settings:
@@ -116,6 +120,11 @@ class Settings(BaseSettings):
     def stale_after_s(self) -> float:
         # Part uploads are not scaled, so keep a floor that a slow part cannot cross.
         return max(self.scaled(self.JOB_STALE_AFTER_S), 3.0)
+
+    @property
+    def sweep_interval_s(self) -> float:
+        # A quarter heartbeat, but no busier than 4 Redis reads a second per worker at small TIME_SCALEs.
+        return max(self.heartbeat_s / 4, 0.25)
 
     @property
     def download_url_ttl_s(self) -> int:

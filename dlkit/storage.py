@@ -62,6 +62,18 @@ def artifact_key(job_id: str) -> str:
     return f"{ARTIFACT_PREFIX}{job_id}.zip"
 
 
+def abort_incomplete_uploads(client, bucket: str, key: str) -> int:
+    """Abort every multipart upload still open for `key` (the parts a lost worker left); return how many."""
+    aborted = 0
+    paginator = client.get_paginator("list_multipart_uploads")
+    for page in paginator.paginate(Bucket=bucket, Prefix=key):
+        for upload in page.get("Uploads", []):
+            if upload["Key"] == key:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+                aborted += 1
+    return aborted
+
+
 def presign_download(client, bucket: str, key: str, ttl_s: int, filename: str) -> str:
     return client.generate_presigned_url(
         "get_object",

@@ -1,10 +1,12 @@
-"""Helpers the tests share: clients for the stack's users, and a polling loop like a real client's."""
+"""Helpers the tests share: clients for the stack's users, a polling loop like a real client's, and
+reading the stack's Prometheus metrics."""
 
 from __future__ import annotations
 
 import time
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from dlkit.kit.stack import Stack
 
@@ -46,3 +48,34 @@ def available_ids(n: int, start: int = 70_000) -> list[int]:
     """n distinct available file ids (multiples of 7)."""
     first = start + (-start) % 7
     return list(range(first, first + 7 * n, 7))
+
+
+# Metrics, as Prometheus scrapes them from the API and from each worker.
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of one /metrics answer."""
+    text = httpx.get(url, timeout=5).raise_for_status().text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    """Sum of the samples called `name` whose labels include `labels`."""
+    return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
+
+
+def api_url(stack) -> str:
+    return f"http://127.0.0.1:{stack.ports['api']}/metrics"
+
+
+def worker_urls(stack) -> list[str]:
+    count = sum(1 for name in stack.components if name.startswith("worker-"))
+    return [f"http://127.0.0.1:{stack.ports[f'worker_metrics_{index}']}/metrics" for index in range(1, count + 1)]
+
+
+def total(urls: list[str], name: str, **labels) -> float:
+    return sum(value(scrape(url), name, **labels) for url in urls)

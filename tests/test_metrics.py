@@ -20,7 +20,7 @@ from app.metrics import StorageCollector
 from dlkit.kit import ROOT
 from dlkit.storage import s3_client
 
-from .support import available_ids, initiate
+from .support import api_url, available_ids, initiate, scrape, total, value, worker_urls
 
 pytestmark = pytest.mark.stack
 
@@ -28,34 +28,6 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 # Labels whose values come from fixed sets; anything else is a cardinality bug.
 BOUNDED_LABELS = {"route", "method", "status", "reason", "outcome", "result", "state", "le"}
 MAX_VALUES_PER_LABEL = 30
-
-
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} of one /metrics answer."""
-    text = httpx.get(url, timeout=5).raise_for_status().text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: dict, name: str, **labels) -> float:
-    """Sum of the samples called `name` whose labels include `labels`."""
-    return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
-
-
-def api_url(stack) -> str:
-    return f"http://127.0.0.1:{stack.ports['api']}/metrics"
-
-
-def worker_urls(stack) -> list[str]:
-    count = sum(1 for name in stack.components if name.startswith("worker-"))
-    return [f"http://127.0.0.1:{stack.ports[f'worker_metrics_{index}']}/metrics" for index in range(1, count + 1)]
-
-
-def total(urls: list[str], name: str, **labels) -> float:
-    return sum(value(scrape(url), name, **labels) for url in urls)
 
 
 def finished(stack) -> float:

@@ -19,7 +19,7 @@ def test_root_names_the_service_and_links_the_docs(alice):
 def test_health_reports_each_check(alice):
     r = alice.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "healthy", "checks": {"storage": "ok", "redis": "ok"}}
+    assert r.json() == {"status": "healthy", "checks": {"storage": "ok", "redis": "ok", "workers": "ok"}}
 
 
 def test_openapi_document_describes_every_route_from_the_validating_models(alice):

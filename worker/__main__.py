@@ -18,8 +18,11 @@ from rq import Queue, Worker
 from rq.exceptions import StopRequested
 
 from dlkit import multiproc
-from dlkit.jobs import JobStore
+from dlkit.jobs import JobStatus, JobStore
+from dlkit.metrics import WORKER_DIED
 from dlkit.settings import Settings
+
+from . import sweeper
 
 log = logging.getLogger("worker")
 # Reconnecting to a lost Redis: first retry after half a second, doubling up to 30 s.
@@ -56,11 +59,20 @@ def main(argv: list[str] | None = None) -> None:
     redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
     store = JobStore(redis, settings.JOB_TTL_S)
 
+    lost = sweeper.lost_jobs(settings, count=metrics.job_lost)
+    sweeper.Sweeper(lost, settings.stale_after_s, settings.sweep_interval_s).start()
+
     def on_horse_killed(job, retpid, ret_val, rusage) -> None:
-        # RQ moves the job to its failed registry but knows nothing of our record: without
-        # this the job would stay "processing" until the watchdog noticed.
-        failed = store.fail(job.id, f"worker process died while processing (wait status {ret_val})")
-        metrics.horse_killed(failed)
+        # RQ knows nothing of our record: without this the job would wait for a sweeper. Re-queued in
+        # our record, it is re-enqueued by RQ's own failure handling, which runs next, as a retry.
+        reason = f"worker process died while processing (wait status {ret_val})"
+        changed = lost.handle(job.id, reason, WORKER_DIED, in_rq=False)
+        # Queued also when it died before starting the job (no attempt spent) or a sweeper came first
+        # (then RQ holds it twice; the second run finds it started and skips it).
+        current = changed or store.get(job.id)
+        if current is not None and current.status is JobStatus.QUEUED:
+            job.retries_left = 1
+        metrics.horse_killed()
 
     worker = metrics.MeteredWorker(
         [Queue(settings.QUEUE_NAME, connection=redis)],

@@ -30,7 +30,7 @@ from rq import Worker, get_current_job
 from dlkit import accounting
 from dlkit.jobs import Job, JobStatus, Transition
 from dlkit.metrics import INTERNAL_ERROR as INTERNAL_ERROR  # re-exported for worker/tasks.py
-from dlkit.metrics import JOB_FAILURES, JOBS_FINISHED, WORKER_DIED
+from dlkit.metrics import JOB_FAILURES, JOBS_FINISHED
 from dlkit.metrics import NO_FILES_AVAILABLE as NO_FILES_AVAILABLE
 from dlkit.metrics import STORAGE_UNAVAILABLE as STORAGE_UNAVAILABLE
 
@@ -42,7 +42,8 @@ JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 150, 180,
 WORKER_JOBS = Counter(
     "dlkit_worker_jobs_total",
     "Jobs this worker took from the queue, by what became of them "
-    "(stopped: cancelled or failed by the watchdog under it; skipped: cancelled before it started).",
+    "(stopped: cancelled or re-queued under it; skipped: cancelled before it started; horse_killed: "
+    "its work horse died).",
     ["outcome"],
 )
 QUEUE_WAIT = Histogram(
@@ -53,6 +54,12 @@ TIME_TO_FILE = Histogram(
     "dlkit_job_time_to_file_seconds",
     "From initiate to the artifact being ready, completed jobs only.",
     buckets=JOB_BUCKETS,
+)
+REQUEUED = Counter(
+    "dlkit_jobs_requeued_total",
+    "Jobs put back in the queue because their worker was lost, by reason (worker_died: its work horse "
+    "was killed; worker_lost: the whole worker stopped heartbeating).",
+    ["reason"],
 )
 FILES = Counter("dlkit_worker_files_total", "Requested files processed, by availability.", ["result"])
 ARTIFACT_BYTES = Counter("dlkit_worker_artifact_bytes_total", "Bytes of completed artifacts uploaded to S3.")
@@ -101,18 +108,24 @@ def job_failed(job: Job, failed: Transition, reason: str) -> None:
 
 
 def job_stopped() -> None:
-    # Whoever moved the job out of processing (the API: cancel or watchdog) counted its transition.
+    # Whoever moved the job out of processing (the API's cancel, a sweeper's re-queue) counted it.
     WORKER_JOBS.labels("stopped").inc()
 
 
-# --- called from the worker's main process (worker/__main__.py) ------------------------------------
+# --- called from the worker's main process (worker/__main__.py, worker/sweeper.py) ------------------
 
 
-def horse_killed(failed: Transition) -> None:
-    if failed.applied:
+def horse_killed() -> None:
+    WORKER_JOBS.labels("horse_killed").inc()
+
+
+def job_lost(changed: Job, reason: str) -> None:
+    """A lost job this worker re-queued, or failed after its last attempt (worker/sweeper.py)."""
+    if changed.status is JobStatus.QUEUED:
+        REQUEUED.labels(reason).inc()
+    elif changed.status is JobStatus.FAILED:
         JOBS_FINISHED.labels(JobStatus.FAILED.value).inc()
-        JOB_FAILURES.labels(WORKER_DIED).inc()
-        WORKER_JOBS.labels("failed").inc()
+        JOB_FAILURES.labels(reason).inc()
 
 
 class Samples:

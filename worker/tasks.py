@@ -30,7 +30,7 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 class Stopped(Exception):
-    """The job left `processing` under the worker (cancelled, or failed by the watchdog)."""
+    """The job left `processing` under the worker (cancelled, or re-queued by a sweeper: worker lost)."""
 
 
 def build_archive(job_id: str) -> dict:
@@ -46,16 +46,22 @@ def build_archive(job_id: str) -> dict:
         return {"jobId": job_id, "skipped": started.previous.value if started.previous else "missing"}
 
     job = store.get(job_id)
+    attempt = job.attempt  # every write below is refused once the job was re-queued under this run
     metrics.job_started(job)
     s3 = s3_client(settings)
     key = artifact_key(job_id)
     upload = MultipartUpload(s3, settings.S3_BUCKET_NAME, key, settings.S3_PART_SIZE_BYTES)
     try:
-        unavailable = _write_zip(job.file_ids, job.delay_s / job.total_files, upload, store, redis, settings, job_id)
+        unavailable = _write_zip(
+            job.file_ids, job.delay_s / job.total_files, upload, store, redis, settings, job_id, attempt
+        )
         if len(unavailable) == job.total_files:
             upload.abort()
             failed = store.fail(
-                job_id, f"none of the {job.total_files} requested files is available", allowed=(JobStatus.PROCESSING,)
+                job_id,
+                f"none of the {job.total_files} requested files is available",
+                allowed=(JobStatus.PROCESSING,),
+                attempt=attempt,
             )
             metrics.job_failed(job, failed, metrics.NO_FILES_AVAILABLE)
             return {"jobId": job_id, "status": "failed"}
@@ -67,30 +73,36 @@ def build_archive(job_id: str) -> dict:
     except (BotoCoreError, ClientError) as exc:
         # boto3 has already retried with backoff (S3_MAX_ATTEMPTS); the store is really down.
         _abort_quietly(upload)
-        failed = store.fail(job_id, f"storage unavailable: {exc}", allowed=(JobStatus.PROCESSING,))
+        failed = store.fail(job_id, f"storage unavailable: {exc}", allowed=(JobStatus.PROCESSING,), attempt=attempt)
         metrics.job_failed(job, failed, metrics.STORAGE_UNAVAILABLE)
         return {"jobId": job_id, "status": "failed"}
     except Exception as exc:
         _abort_quietly(upload)
-        failed = store.fail(job_id, f"internal error: {type(exc).__name__}", allowed=(JobStatus.PROCESSING,))
+        failed = store.fail(
+            job_id, f"internal error: {type(exc).__name__}", allowed=(JobStatus.PROCESSING,), attempt=attempt
+        )
         metrics.job_failed(job, failed, metrics.INTERNAL_ERROR)
         raise
 
-    done = store.complete(job_id, key, upload.size, upload.sha256.hexdigest())
+    done = store.complete(job_id, key, upload.size, upload.sha256.hexdigest(), attempt=attempt)
     metrics.job_completed(job, done, upload.size)
     if not done.applied:
-        # Cancelled (or failed by the watchdog) while the last part was stored: remove it,
-        # so a cancelled job never leaves an artifact behind.
-        s3.delete_object(Bucket=settings.S3_BUCKET_NAME, Key=key)
+        # Cancelled (or re-queued by a sweeper) while the last part was stored: remove it,
+        # so a cancelled job never leaves an artifact behind (unless a later attempt completed it:
+        # the same key, the same bytes).
+        if done.previous is not JobStatus.COMPLETED:
+            s3.delete_object(Bucket=settings.S3_BUCKET_NAME, Key=key)
         return {"jobId": job_id, "status": done.previous.value if done.previous else "missing"}
     return {"jobId": job_id, "status": "completed", "size": upload.size}
 
 
-def _write_zip(file_ids, step_s, upload, store: JobStore, redis: Redis, settings: Settings, job_id: str) -> list[int]:
+def _write_zip(
+    file_ids, step_s, upload, store: JobStore, redis: Redis, settings: Settings, job_id: str, attempt: int
+) -> list[int]:
     unavailable: list[int] = []
     with zipfile.ZipFile(upload, mode="w", compression=zipfile.ZIP_STORED) as archive:
         for done, file_id in enumerate(file_ids, start=1):
-            _wait_or_stop(redis, store, job_id, step_s, settings.heartbeat_s)
+            _wait_or_stop(redis, store, job_id, step_s, settings.heartbeat_s, attempt)
             if files.is_available(file_id):
                 info = zipfile.ZipInfo(files.file_name(file_id), date_time=ZIP_DATE)
                 archive.writestr(info, files.file_bytes(file_id))
@@ -98,12 +110,12 @@ def _write_zip(file_ids, step_s, upload, store: JobStore, redis: Redis, settings
             else:
                 unavailable.append(file_id)
                 metrics.file_processed(available=False)
-            if not store.record_progress(job_id, done, unavailable).applied:
+            if not store.record_progress(job_id, done, unavailable, attempt).applied:
                 raise Stopped()
     return unavailable
 
 
-def _wait_or_stop(redis: Redis, store: JobStore, job_id: str, seconds: float, heartbeat_s: float) -> None:
+def _wait_or_stop(redis: Redis, store: JobStore, job_id: str, seconds: float, heartbeat_s: float, attempt: int) -> None:
     """Spend `seconds` of simulated work, heartbeating, and return early with Stopped on cancel."""
     deadline = time.monotonic() + seconds
     while (remaining := deadline - time.monotonic()) > 0:
@@ -112,7 +124,7 @@ def _wait_or_stop(redis: Redis, store: JobStore, job_id: str, seconds: float, he
         timeout = max(0.01, min(remaining, heartbeat_s))
         if redis.blpop([cancel_key(job_id)], timeout=timeout) is not None:
             raise Stopped()
-        if not store.heartbeat(job_id).applied:
+        if not store.heartbeat(job_id, attempt).applied:
             raise Stopped()
 
 

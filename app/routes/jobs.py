@@ -14,6 +14,7 @@ import time
 from flask import Response, current_app, g, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
+from rq import Worker
 
 from dlkit import files
 from dlkit.jobs import IdempotencyConflict, Job, JobStatus, events_channel
@@ -71,12 +72,32 @@ def _owned_job(job_id) -> Job:
     job = res.store.get(str(job_id))
     if job is None or job.owner != current_owner():
         raise Problem(404, "Job not found", f"No job {job_id} (unknown, expired, or not yours).", slug="job-not-found")
-    g.job = res.store.fail_if_stale(job, res.settings.stale_after_s)  # after_request hooks read it too
-    return g.job
+    g.job = job  # after_request hooks read it too
+    return job
+
+
+def _live_workers() -> int:
+    """Workers in RQ's registry for the queue, read once per request (a killed one stays there until its
+    registration expires)."""
+    if "live_workers" not in g:
+        g.live_workers = Worker.count(queue=_res().queue)
+    return g.live_workers
+
+
+def _note(job: Job) -> str | None:
+    """Why an active job is not moving, when the API can tell: no live worker, or its worker was lost."""
+    if job.status is JobStatus.PROCESSING and _res().store.is_stale(job, _res().settings.stale_after_s):
+        if _live_workers():
+            return "worker lost: a live worker re-queues the job"
+        return "worker lost and no live worker: the job is re-queued once a worker is started"
+    if job.status is JobStatus.QUEUED and not _live_workers():
+        return "no live worker: the job waits until a worker is started"
+    return None
 
 
 def _document(job: Job) -> dict:
     doc = job.to_api()
+    doc["note"] = _note(job)
     if job.status is JobStatus.COMPLETED:
         res = _res()
         doc["downloadUrl"] = presign_download(
@@ -226,7 +247,7 @@ def events(path: JobPath):
                 if message is None:
                     yield ": heartbeat\n\n"
                     next_beat += settings.sse_heartbeat_s
-                current = res.store.fail_if_stale(res.store.get(job.id) or current, settings.stale_after_s)
+                current = res.store.get(job.id) or current
                 if (current.updated_at, current.status) != last_sent:
                     yield _sse_event(current)
                     last_sent = current.updated_at, current.status
@@ -275,6 +296,7 @@ def list_jobs(query: ListQuery):
     now = time.time()
     docs = []
     for job in jobs:
-        job = res.store.fail_if_stale(job, res.settings.stale_after_s)
-        docs.append(_document(job) if job.status is JobStatus.COMPLETED else job.to_api(now))
+        doc = _document(job) if job.status is JobStatus.COMPLETED else job.to_api(now)
+        doc["note"] = _note(job)
+        docs.append(doc)
     return {"jobs": docs, "limit": query.limit, "offset": query.offset}

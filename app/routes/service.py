@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
+from rq import Worker
 
 from ..schemas import ANY_ROUTE, Health, ServiceIndex, problems
 
@@ -23,19 +24,28 @@ def openapi_document():
     return jsonify(current_app.api_doc)
 
 
-@bp.get("/health", summary="Readiness of Redis and S3", responses={200: Health, 503: Health, **problems(*ANY_ROUTE)})
+@bp.get(
+    "/health",
+    summary="Readiness of Redis and S3, and whether any worker is live",
+    responses={200: Health, 503: Health, **problems(*ANY_ROUTE)},
+)
 def health():
+    """503 `unhealthy` when Redis or S3 cannot be reached (load balancers take the instance out); 200
+    `degraded` when both can but no worker is registered: the API serves, and queued jobs wait."""
     res = current_app.extensions["dlkit"]
-    checks = {"storage": "ok", "redis": "ok"}
+    checks = {"storage": "ok", "redis": "ok", "workers": "ok"}
     try:
         res.redis.ping()
+        if Worker.count(queue=res.queue) == 0:
+            checks["workers"] = "none"
     except Exception as exc:  # any failure means "not ready"; the reason goes to the log
         current_app.logger.warning("health: redis check failed: %s", exc)
-        checks["redis"] = "error"
+        checks["redis"] = checks["workers"] = "error"
     try:
         res.s3.head_bucket(Bucket=res.settings.S3_BUCKET_NAME)
     except Exception as exc:
         current_app.logger.warning("health: storage check failed: %s", exc)
         checks["storage"] = "error"
-    healthy = all(v == "ok" for v in checks.values())
-    return {"status": "healthy" if healthy else "unhealthy", "checks": checks}, 200 if healthy else 503
+    if "error" in (checks["redis"], checks["storage"]):
+        return {"status": "unhealthy", "checks": checks}, 503
+    return {"status": "healthy" if checks["workers"] == "ok" else "degraded", "checks": checks}, 200
