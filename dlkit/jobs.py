@@ -21,6 +21,8 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 
+from dlkit.settings import MAX_FILES_PER_JOB
+
 KEY_PREFIX = "dlkit"
 
 
@@ -52,6 +54,18 @@ def cancel_key(job_id: str) -> str:
 def events_channel(job_id: str) -> str:
     """Pub/sub channel announcing every change of the job's record (server-sent events listen)."""
     return f"{KEY_PREFIX}:job:{job_id}:events"
+
+
+def event_log_key(job_id: str) -> str:
+    """A stream of the job's changes, one entry per announced transition holding the record as it was
+    then (without its file ids): server-sent events use the entry ids as event ids, so a client that
+    reconnects with Last-Event-ID gets every change after it, once."""
+    return f"{KEY_PREFIX}:job:{job_id}:log"
+
+
+# Entries the event log keeps (XADD MAXLEN ~ keeps at least this many): every change a job can have
+# (its start, one per file, its end), so a client resuming from any event never misses one.
+EVENT_LOG_MAXLEN = MAX_FILES_PER_JOB + 2
 
 
 def owner_index_key(owner: str) -> str:
@@ -179,18 +193,31 @@ class Job:
         }
 
 
-# KEYS[1] = job hash, KEYS[2] = its events channel. ARGV[1] = allowed current statuses (space
-# separated), ARGV[2] = new status ('' to keep it), ARGV[3] = TTL seconds, ARGV[4] = '1' to announce
-# the change on the channel, then field/value pairs. Returns {applied, current status}.
+# KEYS[1] = job hash, KEYS[2] = its events channel, KEYS[3] = its event log. ARGV[1] = allowed current
+# statuses (space separated), ARGV[2] = new status ('' to keep it), ARGV[3] = TTL seconds, ARGV[4] = '1'
+# to announce the change (log it, then publish its log id on the channel), ARGV[5] = the log's MAXLEN,
+# then field/value pairs. Returns {applied, current status}.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
 for s in string.gmatch(ARGV[1], '%S+') do
   if s == cur then
     if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[2]) end
-    for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
     redis.call('EXPIRE', KEYS[1], ARGV[3])
-    if ARGV[4] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[2] ~= '' and ARGV[2] or cur) end
+    if ARGV[4] == '1' then
+      local record = redis.call('HGETALL', KEYS[1])
+      local entry = {}
+      for i = 1, #record, 2 do
+        if record[i] ~= 'fileIds' then
+          entry[#entry + 1] = record[i]
+          entry[#entry + 1] = record[i + 1]
+        end
+      end
+      local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(entry))
+      redis.call('EXPIRE', KEYS[3], ARGV[3])
+      redis.call('PUBLISH', KEYS[2], id)
+    end
     return {1, cur}
   end
 end
@@ -282,6 +309,26 @@ class JobStore:
         h = self.redis.hgetall(job_key(job_id))
         return Job.from_hash(_decode_hash(h)) if h else None
 
+    def latest(self, job_id: str) -> tuple[str, Job] | None:
+        """The record and the event-log id of its last change ('0-0' before the first), read together."""
+        with self.redis.pipeline() as pipe:
+            pipe.hgetall(job_key(job_id))
+            pipe.xrevrange(event_log_key(job_id), count=1)
+            h, last = pipe.execute()
+        if not h:
+            return None
+        return (last[0][0].decode() if last else "0-0"), Job.from_hash(_decode_hash(h))
+
+    def changes_after(self, job: Job, log_id: str) -> list[tuple[str, Job]]:
+        """The job's logged changes after `log_id` (an entry id, '0-0' for all), each with the record
+        as it was then."""
+        entries = self.redis.xrange(event_log_key(job.id), f"({log_id}", "+")
+        file_ids = json.dumps(job.file_ids)
+        return [
+            (entry_id.decode(), Job.from_hash({**_decode_hash(fields), "fileIds": file_ids}))
+            for entry_id, fields in entries
+        ]
+
     def list_for_owner(self, owner: str, limit: int, offset: int = 0) -> list[Job]:
         """The owner's jobs, newest first. Expired records are dropped from the index."""
         ids = [i.decode() for i in self.redis.zrevrange(owner_index_key(owner), offset, offset + limit - 1)]
@@ -369,10 +416,13 @@ class JobStore:
             new_status.value if new_status else "",
             self.ttl_s,
             "1" if announce else "0",
+            EVENT_LOG_MAXLEN,
         ]
         for name, value in fields.items():
             args += [name, repr(value) if isinstance(value, float) else str(value)]
-        applied, current = self._transition(keys=[job_key(job_id), events_channel(job_id)], args=args)
+        applied, current = self._transition(
+            keys=[job_key(job_id), events_channel(job_id), event_log_key(job_id)], args=args
+        )
         return Transition(bool(applied), JobStatus(current.decode()) if current else None)
 
 
