@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 import sys
+import tomllib
 import uuid
 import zipfile
 from importlib import metadata
@@ -222,3 +223,10 @@ def test_the_client_imports_with_only_httpx_and_the_standard_library(tmp_path):
     assert result.returncode == 0, result.stderr
     outside = set(json.loads(result.stdout.replace("'", '"')))
     assert "httpx" in outside and outside <= {"__main__", "dlkit", *(d.replace("-", "_") for d in dists)}, outside
+
+
+def test_the_client_extra_is_httpx_alone():
+    from dlkit.kit import ROOT
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [Requirement(line).name for line in extras["client"]] == ["httpx"]
