@@ -230,6 +230,9 @@ class DownloadClient:
                     raise
                 self._sleep(self._backoff(attempt))
                 continue
+            except BaseException:  # Ctrl-C, an HTTP error: no half-written file is left behind
+                partial.unlink(missing_ok=True)
+                raise
             if digest != status.artifact_sha256 or (status.artifact_size is not None and size != status.artifact_size):
                 partial.unlink(missing_ok=True)
                 raise ChecksumMismatch(

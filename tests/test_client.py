@@ -172,6 +172,64 @@ def test_a_download_whose_bytes_differ_is_refused_and_not_kept(tmp_path):
     assert "Authorization" not in requests[-1].headers, "the API key never goes to the storage"
 
 
+def sse(*events: tuple[str, dict]) -> bytes:
+    return "".join(f"id: {i}\nevent: status\ndata: {json.dumps(doc)}\n\n" for i, doc in events).encode()
+
+
+class CutStream(httpx.SyncByteStream):
+    """A response body that delivers `data`, then loses the connection."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __iter__(self):
+        yield self.data
+        raise httpx.ReadError("connection reset")
+
+
+def doc(status: str, processed: int) -> dict:
+    return {"jobId": "j1", "status": status, "totalFiles": 2, "processedFiles": processed}
+
+
+EVENT_STREAM = {"Content-Type": "text/event-stream"}
+
+
+def test_a_lost_event_stream_is_resumed_with_last_event_id():
+    client, requests, sleeps = scripted(
+        [
+            httpx.Response(
+                200,
+                headers=EVENT_STREAM,
+                stream=CutStream(sse(("0-0", doc("queued", 0)), ("5-0", doc("processing", 1)))),
+            ),
+            httpx.ConnectError("refused"),
+            httpx.Response(
+                200, headers=EVENT_STREAM, content=sse(("6-0", doc("processing", 2)), ("7-0", doc("completed", 2)))
+            ),
+        ]
+    )
+    with client:
+        seen = [(s.status, s.processed_files) for s in client.iter_progress("j1")]
+    assert seen == [("queued", 0), ("processing", 1), ("processing", 2), ("completed", 2)]
+    assert [r.headers.get("Last-Event-ID") for r in requests] == [None, "5-0", "5-0"]
+    assert len(sleeps) == 2, "each reconnection backs off"
+
+
+def test_without_an_event_stream_the_client_polls_at_the_pace_of_retry_after():
+    client, requests, sleeps = scripted(
+        [
+            httpx.Response(200, headers={"Content-Type": "text/html"}, text="<html>a buffering proxy</html>"),
+            httpx.Response(200, headers={"Retry-After": "0.1"}, json=doc("processing", 1)),
+            httpx.Response(200, headers={"Retry-After": "0.1"}, json=doc("processing", 1)),
+            httpx.Response(200, json=doc("completed", 2)),
+        ]
+    )
+    with client:
+        final = client.wait("j1")
+    assert final.status == "completed" and sleeps == [0.1, 0.1]
+    assert [r.url.path for r in requests] == ["/v1/download/events/j1"] + ["/v1/download/status/j1"] * 3
+
+
 def test_events_are_parsed_as_the_sse_format_defines_them():
     stream = ["retry: 100", "", ": heartbeat", "", "id: 1-0", "event: status", 'data: {"a":', "data: 1}", ""]
     stream += ["event: other", "data: x", "", "id: 2-0", "event: status", "data: {}", ""]

@@ -490,8 +490,12 @@ def cmd_download(args: argparse.Namespace) -> int:
             if job_id is None:
                 console.print("interrupted before a job was started")
             elif args.cancel:
-                final = client.cancel(job_id)
-                console.print(f"interrupted: job {job_id} {final.status}", highlight=False)
+                try:
+                    final = client.cancel(job_id)
+                except ApiError as error:  # it finished meanwhile (409)
+                    console.print(f"interrupted: job {job_id} not cancelled: {error}", highlight=False)
+                else:
+                    console.print(f"interrupted: job {job_id} {final.status}", highlight=False)
             else:
                 resume = f"dlkit download --resume {job_id}"
                 resume += f" --out {args.out}" if args.out else ""
