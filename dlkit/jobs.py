@@ -58,8 +58,10 @@ def events_channel(job_id: str) -> str:
 
 def event_log_key(job_id: str) -> str:
     """A stream of the job's changes, one entry per announced transition holding the record as it was
-    then (without its file ids): server-sent events use the entry ids as event ids, so a client that
-    reconnects with Last-Event-ID gets every change after it, once."""
+    then: server-sent events use the entry ids as event ids, so a client that reconnects with
+    Last-Event-ID gets every change after it, once. The lists are left out (an entry holds the count
+    of unavailable ids, a prefix of the record's list, which only grows), so a job's log stays linear
+    in its number of files."""
     return f"{KEY_PREFIX}:job:{job_id}:log"
 
 
@@ -195,8 +197,8 @@ class Job:
 
 # KEYS[1] = job hash, KEYS[2] = its events channel, KEYS[3] = its event log. ARGV[1] = allowed current
 # statuses (space separated), ARGV[2] = new status ('' to keep it), ARGV[3] = TTL seconds, ARGV[4] = '1'
-# to announce the change (log it, then publish its log id on the channel), ARGV[5] = the log's MAXLEN,
-# then field/value pairs. Returns {applied, current status}.
+# to announce the change (log the record without its lists, then publish the entry's id on the
+# channel), ARGV[5] = the log's MAXLEN, then field/value pairs. Returns {applied, current status}.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
@@ -209,7 +211,10 @@ for s in string.gmatch(ARGV[1], '%S+') do
       local record = redis.call('HGETALL', KEYS[1])
       local entry = {}
       for i = 1, #record, 2 do
-        if record[i] ~= 'fileIds' then
+        if record[i] == 'unavailableFileIds' then
+          entry[#entry + 1] = 'unavailableCount'
+          entry[#entry + 1] = #cjson.decode(record[i + 1])
+        elseif record[i] ~= 'fileIds' then
           entry[#entry + 1] = record[i]
           entry[#entry + 1] = record[i + 1]
         end
@@ -322,12 +327,17 @@ class JobStore:
     def changes_after(self, job: Job, log_id: str) -> list[tuple[str, Job]]:
         """The job's logged changes after `log_id` (an entry id, '0-0' for all), each with the record
         as it was then."""
-        entries = self.redis.xrange(event_log_key(job.id), f"({log_id}", "+")
-        file_ids = json.dumps(job.file_ids)
-        return [
-            (entry_id.decode(), Job.from_hash({**_decode_hash(fields), "fileIds": file_ids}))
-            for entry_id, fields in entries
-        ]
+        with self.redis.pipeline() as pipe:
+            pipe.xrange(event_log_key(job.id), f"({log_id}", "+")
+            pipe.hget(job_key(job.id), "unavailableFileIds")
+            entries, unavailable = pipe.execute()
+        file_ids, unavailable = json.dumps(job.file_ids), json.loads(unavailable or "[]")
+        changes = []
+        for entry_id, fields in entries:
+            record = _decode_hash(fields)
+            record["unavailableFileIds"] = json.dumps(unavailable[: int(record.pop("unavailableCount", 0))])
+            changes.append((entry_id.decode(), Job.from_hash({**record, "fileIds": file_ids})))
+        return changes
 
     def list_for_owner(self, owner: str, limit: int, offset: int = 0) -> list[Job]:
         """The owner's jobs, newest first. Expired records are dropped from the index."""

@@ -104,3 +104,14 @@ def test_a_last_event_id_not_of_this_job_starts_from_the_current_status(alice):
     final = read_events(alice, job_id)[-1]
     for foreign in ["not-an-id", "1.5", ""]:
         assert read_events(alice, job_id, last_event_id=foreign) == [final]
+
+
+def test_each_event_carries_the_unavailable_ids_as_they_were_then(slow):
+    # The log keeps a count per change, not the list: each event's list is the record's, cut to it.
+    ids = [70000, 70001, 70007, 70002, 70014]
+    with slow.client() as alice:
+        job_id = initiate(alice, ids).json()["jobId"]
+        events = read_events(alice, job_id, last_event_id="0-0")  # every change, from the first
+    assert [doc["processedFiles"] for _, doc in events] == [0, 1, 2, 3, 4, 5, 5]
+    for _, doc in events:
+        assert doc["unavailableFileIds"] == [i for i in ids[: doc["processedFiles"]] if i % 7], doc
