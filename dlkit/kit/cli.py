@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -425,6 +426,14 @@ def _download_entry(args: argparse.Namespace) -> str:
     return f"http://127.0.0.1:{DEFAULT_BASE_PORT}"
 
 
+def _resume_command(args: argparse.Namespace, job_id: str) -> str:
+    """The command that follows and downloads this job again, with the options that matter."""
+    command = ["dlkit", "download", "--resume", job_id]
+    command += ["--out", str(args.out)] if args.out else []
+    command += ["--entry", args.entry] if args.entry else []
+    return shlex.join(command)
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     """Start a job for the ids (or resume --resume JOB_ID), show its progress, write its verified zip."""
     from rich.filesize import decimal
@@ -464,7 +473,8 @@ def cmd_download(args: argparse.Namespace) -> int:
             show_files(status)
             final = client.wait(status, on_progress=show_files)
             if final.status != "completed":
-                progress.console.print(
+                progress.stop()
+                console.print(
                     f"[red]job {job_id} {final.status}[/]" + (f": {final.error}" if final.error else ""),
                     highlight=False,
                 )
@@ -479,7 +489,8 @@ def cmd_download(args: argparse.Namespace) -> int:
                     zip_task, completed=n, detail=f"{decimal(n)}/{decimal(size)}"
                 ),
             )
-            progress.console.print(
+            progress.stop()  # the bars' last state first, then the result under them
+            console.print(
                 f"wrote {out}: {size} bytes, sha256 {final.artifact_sha256} verified",
                 highlight=False,
                 soft_wrap=True,
@@ -497,11 +508,10 @@ def cmd_download(args: argparse.Namespace) -> int:
                 else:
                     console.print(f"interrupted: job {job_id} {final.status}", highlight=False)
             else:
-                resume = f"dlkit download --resume {job_id}"
-                resume += f" --out {args.out}" if args.out else ""
-                resume += f" --entry {args.entry}" if args.entry else ""
                 console.print(
-                    f"interrupted: job {job_id} keeps running; resume with\n  {resume}", highlight=False, soft_wrap=True
+                    f"interrupted: job {job_id} keeps running; resume with\n  {_resume_command(args, job_id)}",
+                    highlight=False,
+                    soft_wrap=True,
                 )
             return EXIT_INTERRUPTED
         except ApiError as error:
@@ -513,7 +523,10 @@ def cmd_download(args: argparse.Namespace) -> int:
                 highlight=False,
                 soft_wrap=True,
             )
-            return EXIT_USAGE if job_id is None else 1
+            if job_id is None:
+                return EXIT_USAGE
+            console.print(f"job {job_id} may still run; resume with\n  {_resume_command(args, job_id)}", soft_wrap=True)
+            return 1
         except (ChecksumMismatch, JobNotCompleted) as error:
             console.print(f"[red]download:[/] {error}", highlight=False, soft_wrap=True)
             return 1
