@@ -12,9 +12,9 @@ import math
 import re
 import time
 
-from flask import Response, current_app, g, request, stream_with_context
+from flask import Response, current_app, g, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from dlkit import files
 from dlkit.jobs import IdempotencyConflict, Job, JobStatus, events_channel
@@ -71,6 +71,17 @@ EVENT_STREAM = {
 }
 # An event id as the event log (a Redis stream) writes it.
 EVENT_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+
+
+class EventsHeaders(BaseModel):
+    last_event_id: str | None = Field(
+        None,
+        alias="Last-Event-ID",
+        description="The id of the last event received: the stream resumes after it (an id this job never "
+        "sent is ignored, and the stream starts from the current status).",
+    )
+
+
 WORKER_FUNCTION = "worker.tasks.build_archive"
 
 
@@ -209,7 +220,7 @@ def download(path: JobPath):
     summary="Server-sent events: the status document on every change, heartbeats in between",
     responses={200: EVENT_STREAM, 204: None, **problems(*API_ROUTE, 404)},
 )
-def events(path: JobPath):
+def events(path: JobPath, header: EventsHeaders):
     """An alternative to polling for clients that can hold a connection (browsers: EventSource).
 
     Every announced change of the job is an entry in its event log, and wakes this stream through the
@@ -221,7 +232,7 @@ def events(path: JobPath):
     job = _owned_job(path.job_id)
     res = _res()
     settings = res.settings
-    last_id = request.headers.get("Last-Event-ID", "").strip()
+    last_id = (header.last_event_id or "").strip()
     if not EVENT_ID.match(last_id):
         last_id = None  # absent, or not an id of ours (a client's own): start from the current status
     elif job.status.is_terminal and not res.store.changes_after(job, last_id):
