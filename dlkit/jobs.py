@@ -21,6 +21,8 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 
+from dlkit.settings import MAX_FILES_PER_JOB
+
 KEY_PREFIX = "dlkit"
 
 
@@ -57,6 +59,20 @@ def events_channel(job_id: str) -> str:
 def processing_index_key() -> str:
     """Processing jobs by last heartbeat (a sorted set the transition script keeps): the sweeper's index."""
     return f"{KEY_PREFIX}:jobs:processing"
+
+
+def event_log_key(job_id: str) -> str:
+    """A stream of the job's changes, one entry per announced transition holding the record as it was
+    then: server-sent events use the entry ids as event ids, so a client that reconnects with
+    Last-Event-ID gets every change after it, once. The lists are left out (an entry holds the count
+    of unavailable ids, a prefix of the record's list, which only grows), so a job's log stays linear
+    in its number of files."""
+    return f"{KEY_PREFIX}:job:{job_id}:log"
+
+
+# Entries the event log keeps (XADD MAXLEN ~ keeps at least this many): every change a job can have
+# (its start, one per file, its end), so a client resuming from any event never misses one.
+EVENT_LOG_MAXLEN = MAX_FILES_PER_JOB + 2
 
 
 def owner_index_key(owner: str) -> str:
@@ -189,11 +205,13 @@ class Job:
         }
 
 
-# KEYS[1] = job hash, KEYS[2] = its events channel, KEYS[3] = the processing index. ARGV[1] = allowed
-# current statuses (space separated), ARGV[2] = new status ('' to keep it), ARGV[3] = TTL seconds,
-# ARGV[4] = '1' to announce the change on the channel, ARGV[5] = the attempt the caller works on ('' for
-# any: a worker whose job was re-queued under it can change nothing), then field/value pairs. A
-# processing job is indexed by its heartbeat, any other leaves the index. Returns {applied, current status}.
+# KEYS[1] = job hash, KEYS[2] = its events channel, KEYS[3] = the processing index, KEYS[4] = its event
+# log. ARGV[1] = allowed current statuses (space separated), ARGV[2] = new status ('' to keep it),
+# ARGV[3] = TTL seconds, ARGV[4] = '1' to announce the change (log the record without its lists, then
+# publish the entry's id on the channel), ARGV[5] = the attempt the caller works on ('' for any: a worker
+# whose job was re-queued under it can change nothing), ARGV[6] = the log's MAXLEN, then field/value
+# pairs. A processing job is indexed by its heartbeat, any other leaves the index.
+# Returns {applied, current status}.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
@@ -201,7 +219,7 @@ if ARGV[5] ~= '' and (redis.call('HGET', KEYS[1], 'attempt') or '1') ~= ARGV[5] 
 for s in string.gmatch(ARGV[1], '%S+') do
   if s == cur then
     if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[2]) end
-    for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
     redis.call('EXPIRE', KEYS[1], ARGV[3])
     local id = redis.call('HGET', KEYS[1], 'id')
     local beat = redis.call('HGET', KEYS[1], 'heartbeatAt')
@@ -211,7 +229,22 @@ for s in string.gmatch(ARGV[1], '%S+') do
     else
       redis.call('ZREM', KEYS[3], id)
     end
-    if ARGV[4] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[2] ~= '' and ARGV[2] or cur) end
+    if ARGV[4] == '1' then
+      local record = redis.call('HGETALL', KEYS[1])
+      local entry = {}
+      for i = 1, #record, 2 do
+        if record[i] == 'unavailableFileIds' then
+          entry[#entry + 1] = 'unavailableCount'
+          entry[#entry + 1] = #cjson.decode(record[i + 1])
+        elseif record[i] ~= 'fileIds' then
+          entry[#entry + 1] = record[i]
+          entry[#entry + 1] = record[i + 1]
+        end
+      end
+      local logged = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', unpack(entry))
+      redis.call('EXPIRE', KEYS[4], ARGV[3])
+      redis.call('PUBLISH', KEYS[2], logged)
+    end
     return {1, cur}
   end
 end
@@ -302,6 +335,31 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         h = self.redis.hgetall(job_key(job_id))
         return Job.from_hash(_decode_hash(h)) if h else None
+
+    def latest(self, job_id: str) -> tuple[str, Job] | None:
+        """The record and the event-log id of its last change ('0-0' before the first), read together."""
+        with self.redis.pipeline() as pipe:
+            pipe.hgetall(job_key(job_id))
+            pipe.xrevrange(event_log_key(job_id), count=1)
+            h, last = pipe.execute()
+        if not h:
+            return None
+        return (last[0][0].decode() if last else "0-0"), Job.from_hash(_decode_hash(h))
+
+    def changes_after(self, job: Job, log_id: str) -> list[tuple[str, Job]]:
+        """The job's logged changes after `log_id` (an entry id, '0-0' for all), each with the record
+        as it was then."""
+        with self.redis.pipeline() as pipe:
+            pipe.xrange(event_log_key(job.id), f"({log_id}", "+")
+            pipe.hget(job_key(job.id), "unavailableFileIds")
+            entries, unavailable = pipe.execute()
+        file_ids, unavailable = json.dumps(job.file_ids), json.loads(unavailable or "[]")
+        changes = []
+        for entry_id, fields in entries:
+            record = _decode_hash(fields)
+            record["unavailableFileIds"] = json.dumps(unavailable[: int(record.pop("unavailableCount", 0))])
+            changes.append((entry_id.decode(), Job.from_hash({**record, "fileIds": file_ids})))
+        return changes
 
     def list_for_owner(self, owner: str, limit: int, offset: int = 0) -> list[Job]:
         """The owner's jobs, newest first. Expired records are dropped from the index."""
@@ -446,10 +504,11 @@ class JobStore:
             self.ttl_s,
             "1" if announce else "0",
             "" if expect_attempt is None else str(expect_attempt),
+            EVENT_LOG_MAXLEN,
         ]
         for name, value in fields.items():
             args += [name, repr(value) if isinstance(value, float) else str(value)]
-        keys = [job_key(job_id), events_channel(job_id), processing_index_key()]
+        keys = [job_key(job_id), events_channel(job_id), processing_index_key(), event_log_key(job_id)]
         applied, current = self._transition(keys=keys, args=args)
         return Transition(bool(applied), JobStatus(current.decode()) if current else None)
 

@@ -55,6 +55,7 @@ def persistent_reason(key: str) -> str | None:
 def test_no_job_key_is_listed_as_persistent():
     for key in ["dlkit:job:1", "dlkit:job:1:cancel", "rq:job:1", "rq:results:1", accounting.downloaded_ids_key(1)]:
         assert persistent_reason(key) is None, key
+    assert persistent_reason("dlkit:job:1:log") is None
 
 
 @pytest.fixture(scope="module")
@@ -122,5 +123,7 @@ def test_every_key_expires_after_jobs_of_every_kind(kit):
     assert not without_ttl, f"keys that never expire: {without_ttl}"
     for job_id in (completed, failed, running, busy, queued):
         assert f"dlkit:job:{job_id}" in seen and f"rq:job:{job_id}" in seen
+    for job_id in (completed, failed, running, busy):  # each changed, so each has an event log (SSE ids)
+        assert f"dlkit:job:{job_id}:log" in seen
     for pattern in MUST_EXPIRE:
         assert any(fnmatchcase(key, pattern) for key in seen), pattern

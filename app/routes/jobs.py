@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 
 from flask import Response, current_app, g, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rq import Worker
 
 from dlkit import files
@@ -41,17 +42,27 @@ bp = APIBlueprint(
 )
 bp.before_request(authenticate)
 
-# One server-sent event: `status`, whose data is the status document.
+# One server-sent event: `status`, whose data is the status document, and whose id is the change's
+# entry in the job's event log (dlkit/jobs.py).
 EVENT_STREAM = {
-    "description": "A `status` event on every change of the job, heartbeat comments in between",
+    "description": "A `status` event on every change of the job, heartbeat comments in between; the stream "
+    "ends after the terminal status. Each event's `id` names that change: reconnecting with it in "
+    "`Last-Event-ID` (EventSource does so by itself) resumes with the changes after it, none missed "
+    "and none repeated; without the header (or with one this job never sent) the stream starts with "
+    "the current status. 204 when `Last-Event-ID` is the job's final event: nothing more will come.",
     "content": {
         "text/event-stream": {
             "schema": {
                 "type": "object",
-                "required": ["event", "data"],
+                "required": ["event", "id", "data"],
                 "properties": {
                     "event": {"const": "status"},
-                    "id": {"type": "string"},
+                    "id": {
+                        "type": "string",
+                        "pattern": "^[0-9]+-[0-9]+$",
+                        "description": "the change's id, increasing; `0-0` for a job that has not changed "
+                        "since it was queued. Send it back as `Last-Event-ID` to resume after it.",
+                    },
                     "retry": {"type": "integer"},
                     "data": {"type": "string", "description": "JSON: the status document (JobStatusResponse)"},
                 },
@@ -59,6 +70,19 @@ EVENT_STREAM = {
         }
     },
 }
+# An event id as the event log (a Redis stream) writes it.
+EVENT_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+
+
+class EventsHeaders(BaseModel):
+    last_event_id: str | None = Field(
+        None,
+        alias="Last-Event-ID",
+        description="The id of the last event received: the stream resumes after it (an id this job never "
+        "sent is ignored, and the stream starts from the current status).",
+    )
+
+
 WORKER_FUNCTION = "worker.tasks.build_archive"
 
 
@@ -215,19 +239,25 @@ def download(path: JobPath):
 @bp.get(
     "/download/events/<job_id>",
     summary="Server-sent events: the status document on every change, heartbeats in between",
-    responses={200: EVENT_STREAM, **problems(*API_ROUTE, 404)},
+    responses={200: EVENT_STREAM, 204: None, **problems(*API_ROUTE, 404)},
 )
-def events(path: JobPath):
+def events(path: JobPath, header: EventsHeaders):
     """An alternative to polling for clients that can hold a connection (browsers: EventSource).
 
-    Listens on the job's pub/sub channel, so events go out as the worker records them. Between
-    events a comment goes out every SSE_HEARTBEAT_S, so no proxy on the way sees a silent stream.
-    The stream ends at a terminal status, or after SSE_MAX_STREAM_S (the client reconnects:
-    EventSource does so by itself, after the `retry` delay given here).
+    Every announced change of the job is an entry in its event log, and wakes this stream through the
+    job's pub/sub channel; each entry goes out once, as the record was at that change, with the
+    entry's id. Between events a comment goes out every SSE_HEARTBEAT_S, so no proxy on the way sees
+    a silent stream. The stream ends after the terminal status, or after SSE_MAX_STREAM_S (the client
+    reconnects with Last-Event-ID: EventSource does so by itself, after the `retry` delay given here).
     """
     job = _owned_job(path.job_id)
     res = _res()
     settings = res.settings
+    last_id = (header.last_event_id or "").strip()
+    if not EVENT_ID.match(last_id):
+        last_id = None  # absent, or not an id of ours (a client's own): start from the current status
+    elif job.status.is_terminal and not res.store.changes_after(job, last_id):
+        return "", 204, {"Cache-Control": "no-store"}  # it has had the final event: stop reconnecting
 
     def stream():
         pubsub = res.redis.pubsub(ignore_subscribe_messages=True)
@@ -235,22 +265,26 @@ def events(path: JobPath):
         try:
             yield f"retry: {max(1, round(settings.poll_interval_s * 1000))}\n\n"
             # Read after subscribing, so a change between the two cannot be missed.
-            current = res.store.get(job.id) or job
-            yield _sse_event(current)
-            last_sent = current.updated_at, current.status
+            sent = last_id
+            if sent is None:
+                sent, current = res.store.latest(job.id) or ("0-0", job)
+                yield _sse_event(current, sent)
+                if current.status.is_terminal:
+                    return
             started = time.monotonic()
             next_beat = started + settings.sse_heartbeat_s
-            while not current.status.is_terminal and time.monotonic() - started < settings.sse_max_stream_s:
-                message = pubsub.get_message(timeout=max(0.0, next_beat - time.monotonic()))
-                if message is None and time.monotonic() < next_beat:
-                    continue  # woken early (e.g. by the subscribe confirmation)
-                if message is None:
-                    yield ": heartbeat\n\n"
-                    next_beat += settings.sse_heartbeat_s
-                current = res.store.get(job.id) or current
-                if (current.updated_at, current.status) != last_sent:
-                    yield _sse_event(current)
-                    last_sent = current.updated_at, current.status
+            while time.monotonic() - started < settings.sse_max_stream_s:
+                for change_id, change in res.store.changes_after(job, sent):
+                    yield _sse_event(change, change_id)
+                    sent = change_id
+                    if change.status.is_terminal:
+                        return
+                # Wait for the next change (a message) or the next heartbeat, whichever comes first.
+                while pubsub.get_message(timeout=max(0.0, next_beat - time.monotonic())) is None:
+                    if time.monotonic() >= next_beat:
+                        yield ": heartbeat\n\n"
+                        next_beat += settings.sse_heartbeat_s
+                        break  # and read the log again: a change whose message was lost still shows
         finally:
             pubsub.close()
 
@@ -261,8 +295,8 @@ def events(path: JobPath):
     )
 
 
-def _sse_event(job: Job) -> str:
-    return f"id: {job.updated_at!r}\nevent: status\ndata: {json.dumps(_document(job))}\n\n"
+def _sse_event(job: Job, event_id: str) -> str:
+    return f"id: {event_id}\nevent: status\ndata: {json.dumps(_document(job))}\n\n"
 
 
 @bp.post(

@@ -6,6 +6,7 @@
     dlkit demo     start the stack if needed, reproduce the 504s under load and prove the fix
     dlkit audit    check the timeout budget of the proxy chain in the config files
     dlkit bench    measure the performance ratios (issue 12) on a stack of its own
+    dlkit download start a job (or resume one), follow it with a progress bar, write its verified zip
 
 Everything a stack writes lives in DLKIT_HOME (default ./.dlkit): state.json, logs/, data, configs.
 Stacks with different homes and base ports run side by side.
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,6 +41,13 @@ UP_TIMEOUT_S = 180
 DOWN_TIMEOUT_S = 30
 EXIT_USAGE = 2  # bad input: an unreachable entry, an unwritable report folder
 EXIT_NOT_RUNNING = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process killed by SIGINT (128 + 2)
+DOWNLOAD_EXIT_CODES = (
+    "exit status: 0 the zip is written and verified; 1 the job failed or was cancelled, or its zip could "
+    "not be fetched or verified; 2 bad usage (no ids or both ids and --resume, ids or key refused, "
+    "unknown job, unreachable entry); 130 interrupted (Ctrl-C): the job keeps running, or is "
+    "cancelled with --cancel"
+)
 
 console = Console()
 
@@ -407,6 +416,122 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run(budget, args.json, console, strict=args.strict, home=args.home)
 
 
+def _download_entry(args: argparse.Namespace) -> str:
+    """--entry, else the entry of the stack `dlkit up` runs here, else the default one."""
+    if args.entry:
+        return args.entry
+    state = read_state(_home())
+    if state is not None and running_supervisor(state) is not None:
+        return state["entry"]
+    return f"http://127.0.0.1:{DEFAULT_BASE_PORT}"
+
+
+def _resume_command(args: argparse.Namespace, job_id: str) -> str:
+    """The command that follows and downloads this job again, with the options that matter."""
+    command = ["dlkit", "download", "--resume", job_id]
+    command += ["--out", str(args.out)] if args.out else []
+    command += ["--entry", args.entry] if args.entry else []
+    return shlex.join(command)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Start a job for the ids (or resume --resume JOB_ID), show its progress, write its verified zip."""
+    from rich.filesize import decimal
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dlkit.client import ApiError, ChecksumMismatch, DownloadClient, JobNotCompleted, Status
+    from dlkit.settings import Settings
+
+    if bool(args.ids) == bool(args.resume):
+        args.parser.error("give file ids, or --resume JOB_ID, not both")
+    entry = _download_entry(args)
+    if (problem := _dlkit_at(entry)) is not None:  # at once, rather than after the client's retries
+        console.print(f"[red]download:[/] {problem}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    api_key = args.api_key or os.environ.get("DLKIT_API_KEY") or next(iter(Settings.from_env().api_keys), None)
+    job_id = None
+    columns = (
+        TextColumn("{task.description:>5}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with DownloadClient(entry, api_key, sse=not args.poll) as client, Progress(*columns, console=console) as progress:
+
+        def show_files(status: Status) -> None:
+            eta = status.estimated_seconds_remaining
+            detail = f"{status.processed_files}/{status.total_files} files, {status.status}"
+            if eta is not None and not status.is_terminal:
+                detail += f", about {eta:.0f} s left" if eta >= 1 else f", about {eta:.1f} s left"
+            progress.update(files, total=status.total_files, completed=status.processed_files, detail=detail)
+
+        try:
+            status = client.status(args.resume) if args.resume else client.start(args.ids)
+            job_id = status.job_id
+            progress.console.print(f"job {job_id} at {entry}", highlight=False, soft_wrap=True)
+            files = progress.add_task("files", total=status.total_files, detail="")
+            show_files(status)
+            final = client.wait(status, on_progress=show_files)
+            if final.status != "completed":
+                progress.stop()
+                console.print(
+                    f"[red]job {job_id} {final.status}[/]" + (f": {final.error}" if final.error else ""),
+                    highlight=False,
+                )
+                return 1
+            out = args.out or Path(f"dlkit-{job_id}.zip")
+            size = final.artifact_size or 0
+            zip_task = progress.add_task("zip", total=size or None, detail=f"0/{decimal(size)}")
+            client.download(
+                final,
+                out,
+                on_bytes=lambda n, total: progress.update(
+                    zip_task, completed=n, detail=f"{decimal(n)}/{decimal(size)}"
+                ),
+            )
+            progress.stop()  # the bars' last state first, then the result under them
+            console.print(
+                f"wrote {out}: {size} bytes, sha256 {final.artifact_sha256} verified",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return 0
+        except KeyboardInterrupt:
+            progress.stop()
+            if job_id is None:
+                console.print("interrupted before a job was started")
+            elif args.cancel:
+                try:
+                    final = client.cancel(job_id)
+                except ApiError as error:  # it finished meanwhile (409)
+                    console.print(f"interrupted: job {job_id} not cancelled: {error}", highlight=False)
+                else:
+                    console.print(f"interrupted: job {job_id} {final.status}", highlight=False)
+            else:
+                console.print(
+                    f"interrupted: job {job_id} keeps running; resume with\n  {_resume_command(args, job_id)}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            return EXIT_INTERRUPTED
+        except ApiError as error:
+            console.print(f"[red]download:[/] {error}", highlight=False, soft_wrap=True)
+            return EXIT_USAGE if 400 <= error.status_code < 500 else 1
+        except httpx.TransportError as error:
+            console.print(
+                f"[red]download:[/] {entry} is not reachable ({type(error).__name__}: {error})",
+                highlight=False,
+                soft_wrap=True,
+            )
+            if job_id is None:
+                return EXIT_USAGE
+            console.print(f"job {job_id} may still run; resume with\n  {_resume_command(args, job_id)}", soft_wrap=True)
+            return 1
+        except (ChecksumMismatch, JobNotCompleted) as error:
+            console.print(f"[red]download:[/] {error}", highlight=False, soft_wrap=True)
+            return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlkit", description="Run the dlkit stack locally.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -564,6 +689,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the stack's files and logs in this folder (default: a temporary folder, removed at the end)",
     )
     bench.set_defaults(func=cmd_bench)
+
+    download = commands.add_parser(
+        "download",
+        help="start a job for file ids (or resume one), follow it with a progress bar, write its verified zip",
+        description="Start a download job (or resume one), follow its progress (server-sent events, else "
+        "polling), then write its zip, verified against the job's sha256. Ctrl-C leaves the job running "
+        "and prints how to resume it; with --cancel, Ctrl-C cancels it.",
+        epilog=DOWNLOAD_EXIT_CODES,
+    )
+    download.add_argument("ids", nargs="*", type=int, metavar="IDS", help="file ids (integers, 10000-100000000)")
+    download.add_argument("--out", type=Path, help="where to write the zip (default: dlkit-JOB_ID.zip here)")
+    download.add_argument(
+        "--entry", help="the API's URL (default: the stack `dlkit up` runs here, else http://127.0.0.1:18080)"
+    )
+    download.add_argument(
+        "--api-key", help="API key for a deployment with API_KEYS (default: DLKIT_API_KEY, else the first of API_KEYS)"
+    )
+    download.add_argument("--resume", metavar="JOB_ID", help="follow and download this job instead of starting one")
+    download.add_argument("--cancel", action="store_true", help="on Ctrl-C, cancel the job instead of leaving it")
+    download.add_argument("--poll", action="store_true", help="poll the status instead of server-sent events")
+    download.set_defaults(func=cmd_download, parser=download)
     return parser
 
 
