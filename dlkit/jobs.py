@@ -58,6 +58,12 @@ def owner_index_key(owner: str) -> str:
     return f"{KEY_PREFIX}:owner:{owner}:jobs"
 
 
+def active_key(owner: str) -> str:
+    """The owner's jobs that may still be active (queued or processing), for MAX_ACTIVE_JOBS_PER_OWNER:
+    a sorted set by creation time, pruned of finished jobs at each create, so it holds at most the cap."""
+    return f"{KEY_PREFIX}:owner:{owner}:active"
+
+
 def idempotency_key(owner: str, key: str) -> str:
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{KEY_PREFIX}:idempotency:{owner}:{digest}"
@@ -208,6 +214,15 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
 
 
+class TooManyActiveJobs(Exception):
+    """The owner already has `limit` active jobs; nothing was created."""
+
+    def __init__(self, active: int, limit: int):
+        super().__init__(f"{active} active jobs, limit {limit}")
+        self.active = active
+        self.limit = limit
+
+
 class JobStore:
     """Reads and writes job records. The Redis client is passed in (bytes responses, as RQ needs)."""
 
@@ -226,6 +241,7 @@ class JobStore:
         delay_s: float,
         enqueue: Callable[[Pipeline, str], None],
         idempotency: tuple[str, str] | None = None,
+        max_active: int | None = None,
     ) -> tuple[Job, bool]:
         """Store a new queued job and enqueue it in one MULTI/EXEC; return (job, created).
 
@@ -233,18 +249,25 @@ class JobStore:
         never recorded without being queued, nor queued without its record. `idempotency` is
         (key, request fingerprint): a retry with the same key and body returns the first job,
         even when both requests arrive at once (WATCH makes the loser re-read the winner's key).
+        `max_active`: with that many of the owner's jobs queued or processing, raise
+        TooManyActiveJobs and create nothing. WATCH on the owner's active set makes concurrent
+        creates count one after the other; a replay returns before the count, so it is not counted.
         """
         idem_key = idempotency_key(owner, idempotency[0]) if idempotency else None
+        active = active_key(owner)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
+                    watched = [k for k in (idem_key, active if max_active else None) if k]
+                    if watched:
+                        pipe.watch(*watched)
                     if idem_key:
-                        pipe.watch(idem_key)
                         existing = pipe.get(idem_key)
                         if existing is not None:
                             job = self._replay(existing, idempotency[1])
                             if job is not None:
                                 return job, False
+                    finished = self._check_active(pipe, active, max_active) if max_active else []
                     now = self.clock()
                     job = Job(
                         id=str(uuid.uuid4()),
@@ -265,11 +288,32 @@ class JobStore:
                     pipe.expire(owner_index_key(owner), self.ttl_s)
                     if idem_key:
                         pipe.set(idem_key, json.dumps({"jobId": job.id, "fingerprint": idempotency[1]}), ex=self.ttl_s)
+                    if max_active:
+                        if finished:
+                            pipe.zrem(active, *finished)
+                        pipe.zadd(active, {job.id: now})
+                        pipe.expire(active, self.ttl_s)
                     enqueue(pipe, job.id)
                     pipe.execute()
                     return job, True
                 except WatchError:
                     continue
+
+    def _check_active(self, pipe: Pipeline, active: str, limit: int) -> list[bytes]:
+        """Raise TooManyActiveJobs if the owner has `limit` active jobs; else return the entries of the
+        active set whose job has finished or expired (the caller removes them in its transaction)."""
+        ids = pipe.zrange(active, 0, -1)  # watched: at most `limit` entries
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as reads:
+            for job_id in ids:
+                reads.hget(job_key(job_id.decode()), "status")
+            statuses = reads.execute()
+        live = {s.value.encode() for s in ACTIVE}
+        finished = [job_id for job_id, status in zip(ids, statuses, strict=True) if status not in live]
+        if len(ids) - len(finished) >= limit:
+            raise TooManyActiveJobs(len(ids) - len(finished), limit)
+        return finished
 
     def _replay(self, stored: str, fingerprint: str) -> Job | None:
         entry = json.loads(stored)

@@ -6,6 +6,7 @@ Works with any S3-compatible store: SeaweedFS in the embedded stack and in compo
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Mapping
 from contextlib import closing
 
@@ -146,6 +147,19 @@ class MultipartUpload:
         if self.upload_id is not None and not self._closed:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
         self._closed = True
+
+
+HEALTH_PREFIX = ".dlkit-health/"
+
+
+def probe_write(client, bucket: str) -> None:
+    """Write a 2-byte object and delete it: proof the store accepts data. A full SeaweedFS still
+    answers HEAD bucket, and even an empty PUT, but refuses the first byte (InternalError, in
+    milliseconds); so does any store that is read-only, over quota or without the bucket. A key of
+    its own per call, so concurrent probes do not delete each other's object. Raises botocore errors."""
+    key = f"{HEALTH_PREFIX}{uuid.uuid4()}"
+    client.put_object(Bucket=bucket, Key=key, Body=b"ok")
+    client.delete_object(Bucket=bucket, Key=key)
 
 
 def ensure_bucket(env: Mapping[str, str], attempts: int = 3, round_trip: bool = False) -> None:
