@@ -9,6 +9,7 @@ on a real SeaweedFS of its own with 1 MB volumes.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import uuid
@@ -72,15 +73,18 @@ def test_archive_size_is_the_size_of_the_zip_the_worker_writes(ids):
     assert files.archive_size(ids) == stream.size
 
 
-def largest_ids(budget: int) -> list[int]:
+MODULUS = files.MAX_FILE_SIZE - files.MIN_FILE_SIZE + 1
+
+
+def largest_ids(budget: int, batch: int = 0) -> list[int]:
     """Available ids whose archive is as large as `budget` allows: the biggest files (1 MiB) first,
     then the one file that fills the rest best. file_size is 16 KiB + (id * 7919) mod M, so the id
-    with a given remainder r is r / (7 * 7919) mod M, times 7 (an available id)."""
-    modulus = files.MAX_FILE_SIZE - files.MIN_FILE_SIZE + 1
-    inverse = pow(7 * 7919, -1, modulus)
+    with a given remainder r is r / (7 * 7919) mod M, times 7 (an available id); adding 7 * M keeps
+    the size, so each `batch` gives other ids of the same sizes."""
+    inverse = pow(7 * 7919, -1, MODULUS)
 
     def id_of_size(size: int) -> int:
-        return 7 * ((size - files.MIN_FILE_SIZE) * inverse % modulus)
+        return 7 * ((size - files.MIN_FILE_SIZE) * inverse % MODULUS + batch * MODULUS)
 
     ids: list[int] = []
     size = files.MAX_FILE_SIZE
@@ -242,12 +246,9 @@ def test_a_job_past_the_byte_budget_is_a_422_before_anything_is_written(alice, r
 
 def test_two_of_the_largest_jobs_at_once_complete_and_the_stack_keeps_working(alice, stack, settings):
     budget = settings.MAX_JOB_BYTES
-    first = largest_ids(budget)
-    # The second job: other ids of the same sizes would be the same files; shift each by 7 * M so
-    # every id is different but every size the same (file_size depends on id mod M).
-    shift = 7 * (files.MAX_FILE_SIZE - files.MIN_FILE_SIZE + 1)
-    second = [i + shift for i in first]
-    assert files.archive_size(second) == files.archive_size(first) <= budget
+    first, second = largest_ids(budget), largest_ids(budget, batch=1)
+    assert not set(first) & set(second)
+    assert all(budget - 1024 < files.archive_size(ids) <= budget for ids in (first, second))
     started = time.monotonic()
     job_ids = [initiate(alice, ids).json()["jobId"] for ids in (first, second)]
     finals = [poll(alice, job_id, timeout_s=300)[-1] for job_id in job_ids]
@@ -289,12 +290,13 @@ def _s3(endpoint: str, settings: Settings):
 def tiny_seaweedfs(tmp_path: Path):
     """A SeaweedFS of its own with three 1 MB volumes: full after about 3 MB."""
     base = free_base_port(span=8)
+    log = (tmp_path / "weed.log").open("wb")
     server = unmatchable(
         TCPExecutor(
             [
                 weed_binary(),
                 "server",
-                f"-dir={tmp_path}",
+                f"-dir={tmp_path / 'data'}",
                 "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1",
                 f"-master.port={base}",
@@ -317,11 +319,15 @@ def tiny_seaweedfs(tmp_path: Path):
             host="127.0.0.1",
             port=base + 6,
             timeout=60,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     )
+    (tmp_path / "data").mkdir()
     server.start()
     yield f"http://127.0.0.1:{base + 6}"
     server.kill()
+    log.close()
 
 
 def test_health_reports_a_full_store_that_still_answers_head_bucket(tiny_seaweedfs, make_app, settings):

@@ -381,11 +381,12 @@ def proxy_files(site: Site, name: str) -> dict[str, str]:
     Terraform variables, scaled. Each also gets the request counters (metrics.conf).
     """
     prefix = site.home / name
+    njs_dir = site.config_root / chain_module.METRICS_TEMPLATE.parent
     metrics = chain_module.render_layer(
         chain_module.METRICS_TEMPLATE,
         site.config_root,
         {
-            "DLKIT_NJS_DIR": site.config_root / chain_module.METRICS_TEMPLATE.parent,
+            "DLKIT_NJS_DIR": njs_dir,
             "DLKIT_LAYER": name,
             "DLKIT_METRICS_LISTEN": f"{HOST}:{site.ports[f'{name}_metrics']}",
         },
@@ -399,6 +400,7 @@ def proxy_files(site: Site, name: str) -> dict[str, str]:
                 "DLKIT_LISTEN": f"{HOST}:{site.ports['nginx']}",
                 "DLKIT_ACCESS_LOG": site.log("nginx-access"),
                 "DLKIT_CONF_DIR": prefix,
+                "DLKIT_NJS_DIR": njs_dir,
                 # The hop in front (the emulated LB, or a local client) is on loopback.
                 "DLKIT_TRUSTED_PROXIES": HOST,
             },
