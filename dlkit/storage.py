@@ -6,7 +6,6 @@ Works with any S3-compatible store: SeaweedFS in the embedded stack and in compo
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Mapping
 from contextlib import closing
 
@@ -149,17 +148,15 @@ class MultipartUpload:
         self._closed = True
 
 
-HEALTH_PREFIX = ".dlkit-health/"
+HEALTH_KEY = ".dlkit-health"
 
 
 def probe_write(client, bucket: str) -> None:
-    """Write a 2-byte object and delete it: proof the store accepts data. A full SeaweedFS still
-    answers HEAD bucket, and even an empty PUT, but refuses the first byte (InternalError, in
-    milliseconds); so does any store that is read-only, over quota or without the bucket. A key of
-    its own per call, so concurrent probes do not delete each other's object. Raises botocore errors."""
-    key = f"{HEALTH_PREFIX}{uuid.uuid4()}"
-    client.put_object(Bucket=bucket, Key=key, Body=b"ok")
-    client.delete_object(Bucket=bucket, Key=key)
+    """Store a 2-byte object: proof the store accepts data. A full SeaweedFS still answers HEAD
+    bucket, and even an empty PUT, but refuses the first byte (InternalError, in milliseconds); so
+    does a store that is read-only, over quota or without the bucket. One request, as cheap as the
+    HEAD it replaces: every probe overwrites the same key, so nothing accumulates. Raises botocore errors."""
+    client.put_object(Bucket=bucket, Key=HEALTH_KEY, Body=b"ok")
 
 
 def ensure_bucket(env: Mapping[str, str], attempts: int = 3, round_trip: bool = False) -> None:

@@ -37,8 +37,8 @@ resource "aws_iam_role_policy" "execution_secrets" {
 
 # API: presigns GETs of artifacts (a presigned URL carries the signer's rights, so GetObject is
 # what the client gets), HEADs the bucket for its storage metric (HeadBucket is authorised by
-# ListBucket), and writes and deletes a 2-byte object under .dlkit-health/ for /health (a full store
-# still answers HEAD: dlkit/storage.py probe_write).
+# ListBucket), and overwrites one 2-byte object, .dlkit-health, for /health (a full store still
+# answers HEAD: dlkit/storage.py probe_write).
 resource "aws_iam_role" "api" {
   name_prefix        = "${local.name}-api-"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
@@ -59,8 +59,8 @@ data "aws_iam_policy_document" "api" {
   }
   statement {
     sid       = "HealthWrite"
-    actions   = ["s3:PutObject", "s3:DeleteObject"]
-    resources = ["${aws_s3_bucket.artifacts.arn}/.dlkit-health/*"]
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.artifacts.arn}/.dlkit-health"]
   }
 }
 
