@@ -25,7 +25,7 @@ from mirakuru import TCPExecutor
 from rq import Queue
 
 from dlkit import files
-from dlkit.jobs import TooManyActiveJobs, active_key, job_key, owner_index_key
+from dlkit.jobs import TooManyActiveJobs, active_key, owner_index_key
 from dlkit.kit.component import unmatchable
 from dlkit.kit.recipes import seaweedfs_volumes, weed_binary
 from dlkit.kit.stack import free_base_port
@@ -146,9 +146,6 @@ def test_the_cap_refuses_past_the_limit_and_writes_nothing(store, valkey, owner)
     members = {m.decode() for m in valkey.zrange(active_key(owner), 0, -1)}
     assert members == {jobs[2].id, *(j.id for j in more)}
     assert 590 < valkey.ttl(active_key(owner)) <= 600
-    # An expired record frees its slot too.
-    valkey.delete(job_key(jobs[2].id))
-    assert store.create(owner, [70000], 1.0, no_enqueue, max_active=3)[1]
 
 
 def test_a_replay_is_not_counted_again(store, owner):
@@ -162,18 +159,50 @@ def test_a_replay_is_not_counted_again(store, owner):
 
 
 def test_a_create_racing_another_is_counted_after_it(store, valkey, owner):
-    """Between one create's count and its EXEC, another create of the same owner commits: the first
-    must see it (WATCH) and be refused, not make the owner's jobs exceed the cap."""
+    """Another create of the same owner lands while one is between its count and its EXEC: the
+    first holds its slot already, so the second is refused; the cap is never passed."""
     store.create(owner, [70000], 1.0, no_enqueue, max_active=2)
     raced = []
 
     def enqueue_while_another_creates(pipe, job_id):
-        if not raced:  # only on the first attempt: the retry must see the winner and refuse
-            raced.append(store.create(owner, [70007], 1.0, no_enqueue, max_active=2)[0])
+        with pytest.raises(TooManyActiveJobs):
+            store.create(owner, [70007], 1.0, no_enqueue, max_active=2)
+        raced.append(job_id)
 
+    job, created = store.create(owner, [70000], 1.0, enqueue_while_another_creates, max_active=2)
+    assert created and raced == [job.id]
+    assert valkey.zcard(active_key(owner)) == 2 == valkey.zcard(owner_index_key(owner))
+
+
+def test_a_create_that_fails_gives_its_slot_back(store, valkey, owner):
+    def broken_enqueue(pipe, job_id):
+        raise RuntimeError("queue down")
+
+    with pytest.raises(RuntimeError):
+        store.create(owner, [70000], 1.0, broken_enqueue, max_active=1)
+    assert valkey.zcard(active_key(owner)) == 0
+    assert store.create(owner, [70000], 1.0, no_enqueue, max_active=1)[1]
+
+
+def test_a_slot_reserved_by_a_create_that_died_frees_itself(valkey, owner):
+    from dlkit.jobs import RESERVATION_GRACE_S, JobStore
+
+    valkey.flushdb()
+    now = [1_000_000.0]
+    store = JobStore(valkey, ttl_s=600, clock=lambda: now[0])
+    # What an API process killed between the reservation and its EXEC leaves: an entry, no record
+    # (an expired job's entry looks the same, a day later).
+    valkey.zadd(active_key(owner), {"died-mid-create": now[0]})
     with pytest.raises(TooManyActiveJobs):
-        store.create(owner, [70000], 1.0, enqueue_while_another_creates, max_active=2)
-    assert raced and valkey.zcard(active_key(owner)) == 2 == valkey.zcard(owner_index_key(owner))
+        store.create(owner, [70000], 1.0, no_enqueue, max_active=1)
+    now[0] += RESERVATION_GRACE_S + 1
+    assert store.create(owner, [70000], 1.0, no_enqueue, max_active=1)[1]
+
+
+def test_no_cap_writes_no_active_set(store, valkey, owner):
+    for _ in range(3):
+        store.create(owner, [70000], 1.0, no_enqueue, max_active=0)
+    assert not valkey.exists(active_key(owner))
 
 
 # -- the cap, through the API ---------------------------------------------------------------------
