@@ -175,7 +175,7 @@ def problems(*statuses: int, notes: dict[int, str] | None = None) -> dict[int, d
     notes = notes or {}
     return {
         status: {
-            "description": " ".join(
+            "description": ": ".join(
                 filter(None, (_EXTRA_STATUS_PHRASES.get(status) or HTTPStatus(status).phrase, notes.get(status)))
             ),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},

@@ -256,6 +256,20 @@ def test_a_cancelled_job_frees_a_slot_and_a_replay_is_not_refused(capped):
     assert client.post(INITIATE, json={"file_ids": [70028]}, headers=auth).status_code == 429
 
 
+def test_the_openapi_document_names_both_refusals():
+    from app import create_app
+
+    app = create_app(Settings())
+    try:
+        responses = app.api_doc["paths"][INITIATE]["post"]["responses"]
+    finally:
+        app.extensions["dlkit"].redis.close()
+        app.extensions["dlkit"].limiter.storage.get_connection().close()
+    assert "urn:dlkit:problem:job-too-large" in responses["422"]["description"]
+    assert "urn:dlkit:problem:too-many-active-jobs" in responses["429"]["description"]
+    assert {*responses["422"]["content"], *responses["429"]["content"]} == {"application/problem+json"}
+
+
 # -- the budget and the largest jobs, on the real stack ---------------------------------------------
 
 
