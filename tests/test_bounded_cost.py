@@ -19,6 +19,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from mirakuru import TCPExecutor
@@ -26,8 +27,9 @@ from rq import Queue
 
 from dlkit import files
 from dlkit.jobs import TooManyActiveJobs, active_key, owner_index_key
+from dlkit.kit import ROOT
 from dlkit.kit.component import unmatchable
-from dlkit.kit.recipes import seaweedfs_volumes, weed_binary
+from dlkit.kit.recipes import SEAWEEDFS_MAX_JOBS_HELD, SEAWEEDFS_VOLUME_MB, seaweedfs_volumes, weed_binary
 from dlkit.kit.stack import free_base_port
 from dlkit.settings import FILE_ID_MIN, MAX_FILES_PER_JOB, Settings
 from dlkit.storage import HEALTH_KEY, probe_write
@@ -309,10 +311,13 @@ def test_two_of_the_largest_jobs_at_once_complete_and_the_stack_keeps_working(al
         s3.delete_object(Bucket=settings.S3_BUCKET_NAME, Key=f"downloads/{job_id}.zip")
 
 
-def test_the_embedded_s3_is_sized_from_the_budget():
+def test_the_embedded_s3_is_sized_from_the_budget_and_compose_agrees():
     default = Settings().MAX_JOB_BYTES
-    assert seaweedfs_volumes(default) * 64 * MiB >= 32 * default
+    assert seaweedfs_volumes(default) * SEAWEEDFS_VOLUME_MB * MiB >= SEAWEEDFS_MAX_JOBS_HELD * default
     assert seaweedfs_volumes(4 * default) == 4 * seaweedfs_volumes(default)
+    command = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["s3"]["command"]
+    assert f"-master.volumeSizeLimitMB={SEAWEEDFS_VOLUME_MB}" in command
+    assert f"-volume.max={seaweedfs_volumes(default)}" in command
 
 
 # -- /health and a store that cannot be written -----------------------------------------------------
