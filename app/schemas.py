@@ -45,6 +45,21 @@ class InitiateRequest(_Body):
         return ids
 
 
+# What initiate's own 422 and 429 mean (besides the per-client rate limit).
+INITIATE_NOTES = {
+    422: (
+        "`urn:dlkit:problem:job-too-large`: the archive these ids make is past MAX_JOB_BYTES (the problem"
+        " carries `size` and `limit`, in bytes); `urn:dlkit:problem:idempotency-key-reused`: the key came"
+        " with another body."
+    ),
+    429: (
+        "`urn:dlkit:problem:too-many-active-jobs`: the caller has MAX_ACTIVE_JOBS_PER_OWNER jobs queued or"
+        " processing (the problem carries `active` and `limit`; retry after Retry-After);"
+        " `urn:dlkit:problem:rate-limited`: the per-client request limit."
+    ),
+}
+
+
 class InitiateHeaders(BaseModel):
     idempotency_key: str | None = Field(
         None,
@@ -160,11 +175,15 @@ WITH_BODY = (*API_ROUTE, 415)
 _EXTRA_STATUS_PHRASES = {524: "A Timeout Occurred (the CDN edge gave up waiting)"}
 
 
-def problems(*statuses: int) -> dict[int, dict]:
-    """OpenAPI responses for error statuses, each an `application/problem+json` Problem."""
+def problems(*statuses: int, notes: dict[int, str] | None = None) -> dict[int, dict]:
+    """OpenAPI responses for error statuses, each an `application/problem+json` Problem; `notes` add
+    what a status means on this route to its description."""
+    notes = notes or {}
     return {
         status: {
-            "description": _EXTRA_STATUS_PHRASES.get(status) or HTTPStatus(status).phrase,
+            "description": ": ".join(
+                filter(None, (_EXTRA_STATUS_PHRASES.get(status) or HTTPStatus(status).phrase, notes.get(status)))
+            ),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
         for status in sorted(set(statuses))

@@ -46,3 +46,21 @@ def draw_delay_s(settings: Settings, rng: random.Random | None = None) -> float:
         return 0.0
     ms = (rng or random).uniform(settings.DOWNLOAD_DELAY_MIN_MS, settings.DOWNLOAD_DELAY_MAX_MS)
     return settings.scaled(ms / 1000)
+
+
+# What zipfile adds around each member the worker stores (ZIP_STORED into a stream it cannot seek,
+# so each member has a data descriptor): local header, data descriptor, central directory entry.
+_ZIP_LOCAL_HEADER = 30
+_ZIP_DATA_DESCRIPTOR = 16
+_ZIP_CENTRAL_ENTRY = 46
+_ZIP_END_RECORD = 22
+
+
+def archive_size(file_ids: list[int]) -> int:
+    """The exact size of the zip a job with these ids builds (worker/tasks.py), known before any work:
+    what initiate checks against MAX_JOB_BYTES. (Below 4 GiB: no zip64 records.)"""
+    size = _ZIP_END_RECORD
+    for file_id in filter(is_available, file_ids):
+        name = len(file_name(file_id).encode())
+        size += _ZIP_LOCAL_HEADER + name + file_size(file_id) + _ZIP_DATA_DESCRIPTOR + _ZIP_CENTRAL_ENTRY + name
+    return size

@@ -79,6 +79,12 @@ def owner_index_key(owner: str) -> str:
     return f"{KEY_PREFIX}:owner:{owner}:jobs"
 
 
+def active_key(owner: str) -> str:
+    """The owner's jobs that may still be active (queued or processing), for MAX_ACTIVE_JOBS_PER_OWNER:
+    a sorted set, pruned of finished jobs at each create, so it holds at most the cap."""
+    return f"{KEY_PREFIX}:owner:{owner}:active"
+
+
 def idempotency_key(owner: str, key: str) -> str:
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{KEY_PREFIX}:idempotency:{owner}:{digest}"
@@ -252,6 +258,35 @@ return {0, cur}
 """
 
 
+# KEYS[1] = the owner's active set (job id -> time of its reservation). ARGV[1] = limit, ARGV[2] = the
+# new job's id, ARGV[3] = now, ARGV[4] = TTL seconds, ARGV[5] = grace seconds, ARGV[6] = job key prefix,
+# then the active statuses. Entries whose job finished or expired are dropped; an entry without a record
+# yet is a create under way, counted for ARGV[5] seconds. Returns {1, count} with the slot taken, or
+# {0, count} at the limit. (It reads the job records by name: one Redis, not a cluster.)
+_RESERVE = """
+local active, now = KEYS[1], tonumber(ARGV[3])
+local live = {}
+for i = 7, #ARGV do live[ARGV[i]] = true end
+local count = 0
+local entries = redis.call('ZRANGE', active, 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local status = redis.call('HGET', ARGV[6] .. entries[i], 'status')
+  if (status and live[status]) or (not status and tonumber(entries[i + 1]) > now - tonumber(ARGV[5])) then
+    count = count + 1
+  else
+    redis.call('ZREM', active, entries[i])
+  end
+end
+if count >= tonumber(ARGV[1]) then return {0, count} end
+redis.call('ZADD', active, now, ARGV[2])
+redis.call('EXPIRE', active, ARGV[4])
+return {1, count + 1}
+"""
+# How long a reserved slot without its job record counts as active: a create takes milliseconds, so
+# only an API process that died mid-create leaves one, and it frees itself after this.
+RESERVATION_GRACE_S = 60
+
+
 @dataclass(frozen=True)
 class Transition:
     applied: bool
@@ -262,6 +297,15 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
 
 
+class TooManyActiveJobs(Exception):
+    """The owner already has `limit` active jobs; nothing was created."""
+
+    def __init__(self, active: int, limit: int):
+        super().__init__(f"{active} active jobs, limit {limit}")
+        self.active = active
+        self.limit = limit
+
+
 class JobStore:
     """Reads and writes job records. The Redis client is passed in (bytes responses, as RQ needs)."""
 
@@ -270,6 +314,7 @@ class JobStore:
         self.ttl_s = ttl_s
         self.clock = clock
         self._transition = redis.register_script(_TRANSITION)
+        self._reserve_slot = redis.register_script(_RESERVE)
 
     # -- API side -------------------------------------------------------------------------
 
@@ -280,6 +325,7 @@ class JobStore:
         delay_s: float,
         enqueue: Callable[[Pipeline, str], None],
         idempotency: tuple[str, str] | None = None,
+        max_active: int = 0,
     ) -> tuple[Job, bool]:
         """Store a new queued job and enqueue it in one MULTI/EXEC; return (job, created).
 
@@ -287,43 +333,75 @@ class JobStore:
         never recorded without being queued, nor queued without its record. `idempotency` is
         (key, request fingerprint): a retry with the same key and body returns the first job,
         even when both requests arrive at once (WATCH makes the loser re-read the winner's key).
+        `max_active` (0: no cap): with that many of the owner's jobs queued or processing, raise
+        TooManyActiveJobs and create nothing. The slot is reserved first by one script (so
+        concurrent creates count one after the other, without WATCH retries), and given back if
+        the job is not created; a replay returns before that, so it is not counted.
         """
         idem_key = idempotency_key(owner, idempotency[0]) if idempotency else None
+        job_id = str(uuid.uuid4())
+        reserved = False
         with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    if idem_key:
-                        pipe.watch(idem_key)
-                        existing = pipe.get(idem_key)
-                        if existing is not None:
-                            job = self._replay(existing, idempotency[1])
-                            if job is not None:
-                                return job, False
-                    now = self.clock()
-                    job = Job(
-                        id=str(uuid.uuid4()),
-                        owner=owner,
-                        status=JobStatus.QUEUED,
-                        file_ids=list(file_ids),
-                        delay_s=delay_s,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    pipe.multi()
-                    pipe.hset(job_key(job.id), mapping=job.to_hash())
-                    pipe.expire(job_key(job.id), self.ttl_s)
-                    pipe.zadd(owner_index_key(owner), {job.id: now})
-                    # Each create pushes the index's expiry back, so an active owner's index never
-                    # expires: drop the entries older than a record lives, so it stays bounded.
-                    pipe.zremrangebyscore(owner_index_key(owner), "-inf", now - self.ttl_s)
-                    pipe.expire(owner_index_key(owner), self.ttl_s)
-                    if idem_key:
-                        pipe.set(idem_key, json.dumps({"jobId": job.id, "fingerprint": idempotency[1]}), ex=self.ttl_s)
-                    enqueue(pipe, job.id)
-                    pipe.execute()
-                    return job, True
-                except WatchError:
-                    continue
+            try:
+                while True:
+                    try:
+                        if idem_key:
+                            pipe.watch(idem_key)
+                            existing = pipe.get(idem_key)
+                            if existing is not None:
+                                job = self._replay(existing, idempotency[1])
+                                if job is not None:
+                                    return job, False
+                        if max_active and not reserved:
+                            self._reserve(owner, job_id, max_active)
+                            reserved = True
+                        now = self.clock()
+                        job = Job(
+                            id=job_id,
+                            owner=owner,
+                            status=JobStatus.QUEUED,
+                            file_ids=list(file_ids),
+                            delay_s=delay_s,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                        pipe.multi()
+                        pipe.hset(job_key(job.id), mapping=job.to_hash())
+                        pipe.expire(job_key(job.id), self.ttl_s)
+                        pipe.zadd(owner_index_key(owner), {job.id: now})
+                        # Each create pushes the index's expiry back, so an active owner's index never
+                        # expires: drop the entries older than a record lives, so it stays bounded.
+                        pipe.zremrangebyscore(owner_index_key(owner), "-inf", now - self.ttl_s)
+                        pipe.expire(owner_index_key(owner), self.ttl_s)
+                        if idem_key:
+                            pipe.set(
+                                idem_key, json.dumps({"jobId": job.id, "fingerprint": idempotency[1]}), ex=self.ttl_s
+                            )
+                        enqueue(pipe, job.id)
+                        pipe.execute()
+                        reserved = False  # the slot is the job's now
+                        return job, True
+                    except WatchError:
+                        continue
+            finally:
+                if reserved:  # not created (a replay, a conflict, an error): give the slot back
+                    self.redis.zrem(active_key(owner), job_id)
+
+    def _reserve(self, owner: str, job_id: str, limit: int) -> None:
+        taken, count = self._reserve_slot(
+            keys=[active_key(owner)],
+            args=[
+                limit,
+                job_id,
+                repr(self.clock()),
+                self.ttl_s,
+                RESERVATION_GRACE_S,
+                job_key(""),
+                *(status.value for status in ACTIVE),
+            ],
+        )
+        if not taken:
+            raise TooManyActiveJobs(count, limit)
 
     def _replay(self, stored: str, fingerprint: str) -> Job | None:
         entry = json.loads(stored)

@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     JOB_STALE_AFTER_S: float = Field(7.5, gt=0)
     # Runs of a job whose worker is lost each time: it is re-queued until this many, then failed.
     JOB_MAX_ATTEMPTS: int = Field(3, ge=1)
+    # Queued + processing jobs one owner may have; past it initiate answers 429. Each active job holds a
+    # worker for 10-120 s: 20 covers a client downloading in parallel (the demo's polling users are
+    # 1 per worker, at most 4), while one owner can queue at most 20 x 120 s of work ahead of the others.
+    # 0 turns the cap off.
+    MAX_ACTIVE_JOBS_PER_OWNER: int = Field(20, ge=0)
+    # The largest artifact one job may build, known from its ids at initiate (dlkit/files.py): past it
+    # initiate answers 422 before anything is written. 256 MiB is twice the largest zip of 1000 ids
+    # drawn at random (about 1 in 7 is available: ~143 files of at most 1 MiB), so ordinary requests never
+    # meet it, and it refuses the all-available 1000-id request (up to 1 GiB and a minute of a worker).
+    MAX_JOB_BYTES: int = Field(256 * 1024 * 1024, gt=0)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> Settings:

@@ -160,6 +160,17 @@ class MultipartUpload:
         self._closed = True
 
 
+HEALTH_KEY = ".dlkit-health"
+
+
+def probe_write(client, bucket: str) -> None:
+    """Store a 2-byte object: proof the store accepts data. A full SeaweedFS still answers HEAD
+    bucket, and even an empty PUT, but refuses the first byte (InternalError, in milliseconds); so
+    does a store that is read-only, over quota or without the bucket. One request, as cheap as the
+    HEAD it replaces: every probe overwrites the same key, so nothing accumulates. Raises botocore errors."""
+    client.put_object(Bucket=bucket, Key=HEALTH_KEY, Body=b"ok")
+
+
 def ensure_bucket(env: Mapping[str, str], attempts: int = 3, round_trip: bool = False) -> None:
     """Create the bucket named in `env` (the S3_* settings), with LIFECYCLE_RULES, unless it exists;
     with `round_trip`, also write, read back and delete a tiny object to prove the store accepts data.

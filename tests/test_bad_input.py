@@ -214,3 +214,22 @@ def test_malformed_requests_are_problems(stack, request_line, status):
     assert head.split(b" ")[1] == str(status).encode(), head
     assert b"Content-Type: application/problem+json" in head
     assert json.loads(body)["status"] == status
+
+
+@pytest.mark.parametrize("value", [b"a\x01b", b"\x1b[31m", b"a\x7fb", b"a\x00b", b"\x08"])
+@pytest.mark.parametrize("header", [b"X-Odd", b"X-Request-ID"])
+@pytest.mark.parametrize("path", [b"/health", b"/v1/downloads"])
+def test_control_characters_in_a_header_value_are_a_400_problem(stack, path, header, value):
+    # Valid HTTP has none (RFC 9110 5.5); gunicorn refuses them with an HTML page, so nginx refuses first.
+    host, port = stack.entry.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + header + b": " + value + b"\r\nConnection: close\r\n\r\n"
+        )
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400", raw[:400]
+    assert b"Content-Type: application/problem+json" in head, raw[:400]
+    assert json.loads(body)["status"] == 400

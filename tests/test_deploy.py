@@ -461,7 +461,10 @@ def test_each_task_role_allows_every_s3_call_its_code_makes():
     from dlkit import storage
 
     worker_code = [p.read_text() for p in (ROOT / "worker").glob("*.py")] + [inspect.getsource(storage.MultipartUpload)]
-    api_code = [p.read_text() for p in (ROOT / "app").rglob("*.py")] + [inspect.getsource(storage.presign_download)]
+    api_code = [p.read_text() for p in (ROOT / "app").rglob("*.py")] + [
+        inspect.getsource(storage.presign_download),
+        inspect.getsource(storage.probe_write),
+    ]
     policies = _blocks("data", "aws_iam_policy_document")
     for role, code in (("worker", worker_code), ("api", api_code)):
         calls = _s3_calls(*code)

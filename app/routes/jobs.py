@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from rq import Worker
 
 from dlkit import files
-from dlkit.jobs import IdempotencyConflict, Job, JobStatus, events_channel
+from dlkit.jobs import IdempotencyConflict, Job, JobStatus, TooManyActiveJobs, events_channel
 from dlkit.storage import presign_download
 
 from ..auth import authenticate, current_owner
@@ -26,6 +26,7 @@ from ..hooks import retry_after
 from ..problems import Problem
 from ..schemas import (
     API_ROUTE,
+    INITIATE_NOTES,
     WITH_BODY,
     InitiateHeaders,
     InitiateRequest,
@@ -148,12 +149,24 @@ def _fingerprint(body: BaseModel) -> str:
 @bp.post(
     "/download/initiate",
     summary="Start an asynchronous download job",
-    responses={202: InitiateResponse, **problems(*WITH_BODY, 422)},
+    responses={202: InitiateResponse, **problems(*WITH_BODY, 422, notes=INITIATE_NOTES)},
 )
 def initiate(body: InitiateRequest, header: InitiateHeaders):
     owner = current_owner()
     res = _res()
     settings = res.settings
+    # The zip's size follows from the ids: refuse a job past the budget before anything is written.
+    size = files.archive_size(body.file_ids)
+    if size > settings.MAX_JOB_BYTES:
+        raise Problem(
+            422,
+            "Job too large",
+            f"These files make a {size}-byte archive; the limit per job is {settings.MAX_JOB_BYTES} bytes."
+            " Split them into smaller jobs.",
+            slug="job-too-large",
+            size=size,
+            limit=settings.MAX_JOB_BYTES,
+        )
     # RQ's own timeout is a backstop far past the longest simulated job plus its upload.
     rq_timeout = math.ceil(settings.scaled(settings.DOWNLOAD_DELAY_MAX_MS / 1000)) + 600
 
@@ -174,7 +187,14 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
 
     idempotency = (header.idempotency_key, _fingerprint(body)) if header.idempotency_key else None
     try:
-        job, created = res.store.create(owner, body.file_ids, files.draw_delay_s(settings), enqueue, idempotency)
+        job, created = res.store.create(
+            owner,
+            body.file_ids,
+            files.draw_delay_s(settings),
+            enqueue,
+            idempotency,
+            max_active=settings.MAX_ACTIVE_JOBS_PER_OWNER,
+        )
     except IdempotencyConflict as conflict:
         raise Problem(
             422,
@@ -182,6 +202,17 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
             "This Idempotency-Key was used with a different request body.",
             slug="idempotency-key-reused",
         ) from conflict
+    except TooManyActiveJobs as busy:
+        raise Problem(
+            429,
+            "Too many active jobs",
+            f"You have {busy.active} jobs queued or processing; the limit is {busy.limit}."
+            " Retry when one of them has finished.",
+            slug="too-many-active-jobs",
+            headers={"Retry-After": retry_after(settings.poll_interval_s)},
+            active=busy.active,
+            limit=busy.limit,
+        ) from busy
     doc = job.to_api()
     location = f"/v1/download/status/{job.id}"
     headers = {"Location": location, **_poll_headers(job)}

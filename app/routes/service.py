@@ -6,6 +6,8 @@ from flask import current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from rq import Worker
 
+from dlkit.storage import probe_write
+
 from ..schemas import ANY_ROUTE, Health, ServiceIndex, problems
 
 bp = APIBlueprint("service", __name__, abp_tags=[Tag(name="service")])
@@ -42,7 +44,8 @@ def health():
         current_app.logger.warning("health: redis check failed: %s", exc)
         checks["redis"] = checks["workers"] = "error"
     try:
-        res.s3.head_bucket(Bucket=res.settings.S3_BUCKET_NAME)
+        # A real write: a full store still answers HEAD bucket (dlkit/storage.py).
+        probe_write(res.s3, res.settings.S3_BUCKET_NAME)
     except Exception as exc:
         current_app.logger.warning("health: storage check failed: %s", exc)
         checks["storage"] = "error"

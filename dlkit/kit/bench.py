@@ -327,6 +327,8 @@ class Bench:
             "API_KEYS": f"{self.key}:{BENCH_USER}",
             # Every wrk connection is the same client to the per-client limiter.
             "RATE_LIMIT_MAX_REQUESTS": str(10**9),
+            # wrk's initiates pile up queued (the workers are stopped): one owner, far past any cap.
+            "MAX_ACTIVE_JOBS_PER_OWNER": "0",
         }
         self.stack = Stack(
             home=home,

@@ -273,7 +273,7 @@ def _dlkit_at(entry: str) -> str | None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the stack if needed, run the Locust scenarios through the chain, print and write the report."""
-    from dlkit.kit.demo import DEMO_RATE_LIMIT, run_demo
+    from dlkit.kit.demo import DEMO_ACTIVE_JOBS_CAP, DEMO_RATE_LIMIT, run_demo
     from dlkit.settings import Settings
 
     if args.entry and (problem := _dlkit_at(args.entry)) is not None:
@@ -309,6 +309,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ["RATE_LIMIT_MAX_REQUESTS"] = str(
             max(DEMO_RATE_LIMIT, int(os.environ.get("RATE_LIMIT_MAX_REQUESTS", 0)))
         )
+        os.environ.setdefault("MAX_ACTIVE_JOBS_PER_OWNER", DEMO_ACTIVE_JOBS_CAP)  # one owner, many users
         console.print(
             f"starting a stack at time scale {scale:g} (a 10-120 s download takes "
             f"{10 * scale:g}-{120 * scale:g} s), {args.workers} workers, "

@@ -52,6 +52,8 @@ LOADTESTS = ROOT / "loadtests"
 # RATE_LIMIT_MAX_REQUESTS for a stack the demo starts: each Locust user is one client to the
 # per-client limiter, and a polling user at TIME_SCALE 0.02 polls ten times a second.
 DEMO_RATE_LIMIT = 1_000_000
+# ... and every Locust user is the same owner, so the per-owner cap on active jobs is lifted too (0).
+DEMO_ACTIVE_JOBS_CAP = "0"
 # A layer "out of the way" in the layers scenario waits this long (real seconds): longer than the
 # longest download, so only the layer under test cuts. The naive client's own timeout goes above it.
 LIFTED_S = 150
@@ -706,6 +708,7 @@ def run_layers(
     home = Path(tempfile.mkdtemp(prefix="dlkit-layers-"))
     env = {
         "RATE_LIMIT_MAX_REQUESTS": str(DEMO_RATE_LIMIT),
+        "MAX_ACTIVE_JOBS_PER_OWNER": DEMO_ACTIVE_JOBS_CAP,
         # Each sync user holds a gunicorn thread for its whole download, even once a proxy cut it,
         # and the two gunicorn workers do not share the load evenly: room for every user in each,
         # or requests wait for a thread, and that wait counts against the layer's timeout.

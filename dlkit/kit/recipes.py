@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -35,6 +36,7 @@ from dlkit.kit import ROOT
 from dlkit.kit import chain as chain_module
 from dlkit.kit.component import HOST, Component, ComponentError, ReadyWhen
 from dlkit.kit.probes import redis_pings, tcp_answers, worker_registered
+from dlkit.settings import Settings
 from dlkit.storage import ensure_bucket
 
 log = logging.getLogger(__name__)
@@ -172,6 +174,18 @@ def valkey(site: Site) -> Component:
     return site.component("valkey", url, url, build)
 
 
+SEAWEEDFS_VOLUME_MB = 64
+# The embedded S3 holds this many of the largest artifacts the settings allow (MAX_JOB_BYTES) at once:
+# one per worker being written, and the finished ones until they expire or are fetched. A full SeaweedFS
+# refuses every write ("no free volumes"; /health reports it); 32 volumes could not hold two 534 MB jobs.
+SEAWEEDFS_MAX_JOBS_HELD = 32
+
+
+def seaweedfs_volumes(max_job_bytes: int) -> int:
+    """Volumes for SEAWEEDFS_MAX_JOBS_HELD of the largest jobs: 128 (8 GiB) at the default budget."""
+    return max(8, math.ceil(SEAWEEDFS_MAX_JOBS_HELD * max_job_bytes / (SEAWEEDFS_VOLUME_MB * 1024 * 1024)))
+
+
 def seaweedfs(site: Site) -> Component:
     data_dir = site.home / "seaweedfs"
     ports = site.ports
@@ -194,11 +208,10 @@ def seaweedfs(site: Site) -> Component:
         # These S3 side servers listen on fixed default ports, which a second stack would collide on.
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
-        # Small volumes start fast and keep a local stack's disk use modest; room for 128 of them
-        # (8 GiB, allocated as written) holds several of the largest jobs the settings allow
-        # (1000 files of up to 1 MiB): with 32 two such jobs ran out of volumes.
-        "-master.volumeSizeLimitMB=64",
-        "-volume.max=128",
+        # Small volumes start fast and keep a local stack's disk use modest (allocated as written);
+        # how many of them: seaweedfs_volumes().
+        f"-master.volumeSizeLimitMB={SEAWEEDFS_VOLUME_MB}",
+        f"-volume.max={seaweedfs_volumes(Settings.from_env(site.env).MAX_JOB_BYTES)}",
         # The default waits 10 s on SIGTERM before stopping the volume server.
         "-volume.preStopSeconds=0",
         # A single master resuming its raft state waits 10-20 s for an election with itself;
@@ -368,11 +381,12 @@ def proxy_files(site: Site, name: str) -> dict[str, str]:
     Terraform variables, scaled. Each also gets the request counters (metrics.conf).
     """
     prefix = site.home / name
+    njs_dir = site.config_root / chain_module.METRICS_TEMPLATE.parent
     metrics = chain_module.render_layer(
         chain_module.METRICS_TEMPLATE,
         site.config_root,
         {
-            "DLKIT_NJS_DIR": site.config_root / chain_module.METRICS_TEMPLATE.parent,
+            "DLKIT_NJS_DIR": njs_dir,
             "DLKIT_LAYER": name,
             "DLKIT_METRICS_LISTEN": f"{HOST}:{site.ports[f'{name}_metrics']}",
         },
@@ -386,6 +400,7 @@ def proxy_files(site: Site, name: str) -> dict[str, str]:
                 "DLKIT_LISTEN": f"{HOST}:{site.ports['nginx']}",
                 "DLKIT_ACCESS_LOG": site.log("nginx-access"),
                 "DLKIT_CONF_DIR": prefix,
+                "DLKIT_NJS_DIR": njs_dir,
                 # The hop in front (the emulated LB, or a local client) is on loopback.
                 "DLKIT_TRUSTED_PROXIES": HOST,
             },

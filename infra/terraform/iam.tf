@@ -36,7 +36,9 @@ resource "aws_iam_role_policy" "execution_secrets" {
 }
 
 # API: presigns GETs of artifacts (a presigned URL carries the signer's rights, so GetObject is
-# what the client gets) and HEADs the bucket for /health (HeadBucket is authorised by ListBucket).
+# what the client gets), HEADs the bucket for its storage metric (HeadBucket is authorised by
+# ListBucket), and overwrites one 2-byte object, .dlkit-health, for /health (a full store still
+# answers HEAD: dlkit/storage.py probe_write).
 resource "aws_iam_role" "api" {
   name_prefix        = "${local.name}-api-"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
@@ -54,6 +56,11 @@ data "aws_iam_policy_document" "api" {
     # HeadBucket has no action of its own and no prefix to condition on, so this also lets the
     # API list keys. Narrower would be a health check that reads one known object instead.
     resources = [aws_s3_bucket.artifacts.arn]
+  }
+  statement {
+    sid       = "HealthWrite"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.artifacts.arn}/.dlkit-health"]
   }
 }
 
