@@ -60,7 +60,7 @@ def test_every_timeout_in_the_production_file_is_explicit():
         assert re.search(rf"^\s+{directive} \d+s;", text, re.MULTILINE), directive
 
 
-def test_scaling_multiplies_every_duration_and_nothing_else():
+def test_scaling_multiplies_every_work_sized_duration_and_nothing_else():
     conf = "    proxy_read_timeout 60s;\n    keepalive_timeout 75s;\n    keepalive 32;\n    send_timeout 2m;\n"
     scaled = chain.scale_durations(conf, 0.02)
     assert "proxy_read_timeout 1200ms;" in scaled
@@ -69,9 +69,11 @@ def test_scaling_multiplies_every_duration_and_nothing_else():
     assert "keepalive 32;" in scaled  # a count, not a duration
 
 
-def test_scaled_durations_keep_a_one_second_floor():
+def test_handling_guards_keep_their_real_value_and_work_sized_ones_a_one_second_floor():
     # A status poll's 5 s would become 100 ms, shorter than a loaded machine's real status call.
-    assert "proxy_read_timeout 1000ms;" in chain.scale_durations("  proxy_read_timeout 5s;\n", 0.02)
+    assert "proxy_read_timeout 5000ms;" in chain.scale_durations("  proxy_read_timeout 5s;\n", 0.02)
+    assert "client_header_timeout 10000ms;" in chain.scale_durations("  client_header_timeout 10s;\n", 0.02)
+    assert "proxy_read_timeout 1000ms;" in chain.scale_durations("  proxy_read_timeout 30s;\n", 0.01)
 
 
 def test_unknown_placeholders_are_refused():

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from dlkit.settings import Settings
+
 from .timeouts import (
     ALB_VARIABLES,
     CLOUDFLARE_VARIABLES,
@@ -43,11 +45,20 @@ DURATIONS = (
     "client_body_timeout",
     "send_timeout",
 )
-# No scaled duration goes below 1 s. The timeouts that stand for long work (the legacy route, the
-# LB, the edge) stay above it at any sensible TIME_SCALE; those sized for real request handling
-# (a status poll: 5 s) would otherwise shrink to 100 ms, while a status call's real cost does not
-# shrink with TIME_SCALE, and a loaded CI machine would see 504s the production chain never would.
+# Durations no longer than the shortest simulated work (10 s) guard request handling (a status poll's
+# 5 s, a client's 10 s to send its headers): a request's real cost does not shrink with TIME_SCALE, so
+# they keep their real value, or a loaded CI machine would see 504s the production chain never would.
+# Longer ones stand for the work (the legacy route, the LB's idle timeout, the edge) and are scaled,
+# never below FLOOR_S.
+HANDLING_MAX_S = Settings.model_fields["DOWNLOAD_DELAY_MIN_MS"].default / 1000
 FLOOR_S = 1.0
+
+
+def local_seconds(real_s: float, scale: float) -> float:
+    """A proxy duration in the local chain: a handling guard as it is, a work-sized one scaled."""
+    return real_s if real_s <= HANDLING_MAX_S else max(real_s * scale, FLOOR_S)
+
+
 CONNECT_TIMEOUT_S = 5
 
 _DURATION = re.compile(
@@ -71,14 +82,14 @@ def ms(seconds: float, floor_s: float = 0.001) -> str:
 
 
 def scale_durations(conf: str, scale: float) -> str:
-    """Multiply the value of every duration directive by `scale` (written in ms)."""
+    """Every duration directive's value as the local chain runs it (`local_seconds`, written in ms)."""
 
     def scaled(match: re.Match) -> str:
         # The audit's own parser (dlkit/kit/timeouts.py): compound values like 1m30s included, and each
         # of keepalive_timeout's two values (idle timeout, Keep-Alive header).
         # The second is read in whole seconds by nginx (no "ms").
-        first, *header = (nginx_seconds(value) * scale for value in match["value"].split())
-        values = [ms(first, FLOOR_S), *(f"{max(1, round(seconds))}s" for seconds in header)]
+        first, *header = (local_seconds(nginx_seconds(value), scale) for value in match["value"].split())
+        values = [ms(first), *(f"{max(1, round(seconds))}s" for seconds in header)]
         return f"{match['indent']}{match['name']} {' '.join(values)};"
 
     return _DURATION.sub(scaled, conf)
@@ -97,9 +108,9 @@ def layer_timeouts(root: Path, scale: float) -> dict[str, str]:
     """The edge read timeout and the LB idle timeout from the production Terraform, scaled."""
     chain = read_chain(root)
     return {
-        "EDGE_READ_TIMEOUT": ms(chain.edge_read_timeout.seconds * scale, FLOOR_S),
-        "LB_IDLE_TIMEOUT": ms(chain.lb_idle_timeout.seconds * scale, FLOOR_S),
-        "CONNECT_TIMEOUT": ms(CONNECT_TIMEOUT_S * scale, FLOOR_S),
+        "EDGE_READ_TIMEOUT": ms(local_seconds(chain.edge_read_timeout.seconds, scale)),
+        "LB_IDLE_TIMEOUT": ms(local_seconds(chain.lb_idle_timeout.seconds, scale)),
+        "CONNECT_TIMEOUT": ms(local_seconds(CONNECT_TIMEOUT_S, scale)),
     }
 
 
