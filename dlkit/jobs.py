@@ -282,6 +282,18 @@ class JobStore:
         h = self.redis.hgetall(job_key(job_id))
         return Job.from_hash(_decode_hash(h)) if h else None
 
+    def get_counted(self, job_id: str, counter_key: str, counter_ttl_s: int) -> tuple[Job | None, int]:
+        """The job, and `counter_key` incremented, in one round trip: a status poll reads its job and
+        counts against its client's rate limit together. The counter expires `counter_ttl_s` after its
+        first count (one more round trip, once per counter)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(counter_key)
+            pipe.hgetall(job_key(job_id))
+            count, h = pipe.execute()
+        if count == 1:
+            self.redis.expire(counter_key, counter_ttl_s)
+        return (Job.from_hash(_decode_hash(h)) if h else None), count
+
     def list_for_owner(self, owner: str, limit: int, offset: int = 0) -> list[Job]:
         """The owner's jobs, newest first. Expired records are dropped from the index."""
         ids = [i.decode() for i in self.redis.zrevrange(owner_index_key(owner), offset, offset + limit - 1)]

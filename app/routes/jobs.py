@@ -20,6 +20,7 @@ from dlkit.jobs import IdempotencyConflict, Job, JobStatus, events_channel
 from dlkit.storage import presign_download
 
 from ..auth import authenticate, current_owner
+from ..extensions import rate_limit_key
 from ..http import retry_after
 from ..problems import Problem
 from ..schemas import (
@@ -73,6 +74,33 @@ def _owned_job(job_id) -> Job:
         raise Problem(404, "Job not found", f"No job {job_id} (unknown, expired, or not yours).", slug="job-not-found")
     g.job = res.store.fail_if_stale(job, res.settings.stale_after_s)  # after_request hooks read it too
     return g.job
+
+
+def _polled_job(job_id) -> tuple[Job, dict[str, str]]:
+    """_owned_job for the status poll, with its rate limit: the job read and the caller's count are
+    one Redis round trip. Returns the job and the RateLimit-* headers; 429 past the limit."""
+    res = _res()
+    limit, now = res.poll_limit, time.time()
+    job, count = res.store.get_counted(str(job_id), limit.key(rate_limit_key(), now), limit.window_s)
+    headers = limit.headers(count, now)
+    if count > limit.amount:
+        raise Problem(
+            429,
+            "Too Many Requests",
+            f"Rate limit of {res.settings.rate_limit} exceeded; retry after Retry-After seconds.",
+            slug="rate-limited",
+            headers=headers,
+        )
+    if job is None or job.owner != current_owner():
+        raise Problem(
+            404,
+            "Job not found",
+            f"No job {job_id} (unknown, expired, or not yours).",
+            slug="job-not-found",
+            headers=headers,
+        )
+    g.job = res.store.fail_if_stale(job, res.settings.stale_after_s)  # after_request hooks read it too
+    return g.job, headers
 
 
 def _document(job: Job) -> dict:
@@ -161,9 +189,15 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
     responses={200: JobStatusResponse, 410: JobStatusResponse, **problems(*API_ROUTE, 404)},
 )
 def status(path: JobPath):
-    job = _owned_job(path.job_id)
+    job, limit_headers = _polled_job(path.job_id)
     code = 410 if job.status is JobStatus.CANCELLED else 200
-    return _document(job), code, _poll_headers(job)
+    return _document(job), code, {**limit_headers, **_poll_headers(job)}
+
+
+@bp.record_once
+def _exempt_status(state) -> None:
+    # The status poll counts its own rate limit, in the round trip that reads the job (_polled_job).
+    state.app.extensions["dlkit"].limiter.exempt(state.app.view_functions["jobs.status"])
 
 
 # uuid: else GET /v1/download/check (or /start, /initiate) would be this route, and those paths would
