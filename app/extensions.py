@@ -17,7 +17,7 @@ from rq import Queue
 
 from dlkit.jobs import JobStore
 from dlkit.settings import Settings
-from dlkit.storage import s3_client
+from dlkit.storage import PresignedUrls, s3_client
 
 
 def rate_limit_key() -> str:
@@ -113,6 +113,11 @@ class Resources:
     def s3_public(self):
         """Public endpoint: presigned URLs clients can reach."""
         return s3_client(self.settings, public=True)
+
+    @cached_property
+    def download_urls(self) -> PresignedUrls:
+        """Presigned URLs of the public endpoint, reused while more than half their life remains."""
+        return PresignedUrls(self.s3_public)
 
 
 def connect_redis(settings: Settings) -> Redis:

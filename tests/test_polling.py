@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 
 from dlkit.kit.bench import counted_round_trips
+from dlkit.settings import Settings
+from dlkit.storage import PresignedUrls, s3_client
 
 from .support import API_KEYS
 
@@ -52,3 +57,21 @@ def test_a_status_poll_past_its_limit_gets_429_with_retry_after(make_app, bob_he
     assert int(refused.headers["Retry-After"]) >= 1 and refused.headers["RateLimit-Remaining"] == "0"
     # Its own budget, as Flask-Limiter's default limits are per route: other routes still answer.
     assert client.post("/v1/download/check", json={"file_id": 70000}, headers=bob_headers).status_code == 200
+
+
+def test_a_presigned_url_is_reused_until_half_its_life_is_gone():
+    now = [1_000_000.0]
+    settings = Settings(S3_ENDPOINT="http://127.0.0.1:9", S3_ACCESS_KEY_ID="k", S3_SECRET_ACCESS_KEY="s")
+    client = s3_client(settings)  # signing is local: nothing is sent
+    urls = PresignedUrls(client, clock=lambda: now[0])
+    with patch.object(client, "generate_presigned_url", wraps=client.generate_presigned_url) as sign:
+        first = urls.get("bucket", "downloads/a.zip", 300, "a.zip")
+        assert parse_qs(urlsplit(first).query)["X-Amz-Expires"] == ["300"]  # its lifetime is the TTL
+        now[0] += 149
+        assert urls.get("bucket", "downloads/a.zip", 300, "a.zip") == first  # 151 s left: reused
+        assert sign.call_count == 1
+        now[0] += 2
+        urls.get("bucket", "downloads/a.zip", 300, "a.zip")  # 149 s left, under half: signed afresh
+        assert sign.call_count == 2
+        urls.get("bucket", "downloads/b.zip", 300, "b.zip")  # another object, another URL
+        assert sign.call_count == 3

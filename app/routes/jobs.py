@@ -11,13 +11,12 @@ import json
 import math
 import time
 
-from flask import Response, current_app, g, stream_with_context
+from flask import Response, current_app, g, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
 
 from dlkit import files
 from dlkit.jobs import IdempotencyConflict, Job, JobStatus, events_channel
-from dlkit.storage import presign_download
 
 from ..auth import authenticate, current_owner
 from ..extensions import rate_limit_key
@@ -107,8 +106,7 @@ def _document(job: Job) -> dict:
     doc = job.to_api()
     if job.status is JobStatus.COMPLETED:
         res = _res()
-        doc["downloadUrl"] = presign_download(
-            res.s3_public,
+        doc["downloadUrl"] = res.download_urls.get(
             res.settings.S3_BUCKET_NAME,
             job.artifact_key,
             res.settings.download_url_ttl_s,
@@ -197,7 +195,8 @@ def status(path: JobPath):
 @bp.record_once
 def _exempt_status(state) -> None:
     # The status poll counts its own rate limit, in the round trip that reads the job (_polled_job).
-    state.app.extensions["dlkit"].limiter.exempt(state.app.view_functions["jobs.status"])
+    # A request filter, not limiter.exempt(): it skips Flask-Limiter's per-request exemption lookup too.
+    state.app.extensions["dlkit"].limiter.request_filter(lambda: request.endpoint == "jobs.status")
 
 
 # uuid: else GET /v1/download/check (or /start, /initiate) would be this route, and those paths would
