@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import uuid
 from unittest.mock import patch
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from rq import Queue
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
+from app.http import retry_after
 from dlkit.kit.bench import counted_round_trips
 from dlkit.settings import Settings
 from dlkit.storage import PresignedUrls, s3_client
 
-from .support import API_KEYS
+from .support import API_KEYS, initiate, poll
 
 # An hour's window: the tests' few requests never straddle two windows.
 HOUR_MS = 3_600_000
@@ -29,9 +33,11 @@ def _job(client, headers) -> str:
     return r.json["jobId"]
 
 
-def test_a_status_poll_is_one_round_trip_and_carries_the_rate_limit_headers(make_app, bob_headers):
+def test_a_status_poll_is_one_round_trip_and_carries_the_rate_limit_headers(make_app, bob, bob_headers):
+    job_id = initiate(bob, [70000]).json()["jobId"]
+    assert poll(bob, job_id)[-1]["status"] == "completed"  # (a queued job's poll also reads its queue place)
     client = make_app(RATE_LIMIT_MAX_REQUESTS=1000, RATE_LIMIT_WINDOW_MS=HOUR_MS).test_client()
-    path = f"/v1/download/status/{_job(client, bob_headers)}"
+    path = f"/v1/download/status/{job_id}"
     first = client.get(path, headers=bob_headers)  # the window's counter created (and its EXPIRE sent)
     with counted_round_trips() as trips:
         polls = [client.get(path, headers=bob_headers) for _ in range(10)]
@@ -75,3 +81,40 @@ def test_a_presigned_url_is_reused_until_half_its_life_is_gone():
         assert sign.call_count == 2
         urls.get("bucket", "downloads/b.zip", 300, "b.zip")  # another object, another URL
         assert sign.call_count == 3
+
+
+def test_a_queued_job_is_told_its_wait_from_its_place_in_the_queue_and_the_workers(make_app, bob_headers, redis):
+    # A queue of its own that no worker serves, so its jobs stay queued in the order they came.
+    queue_name = f"test-backlog-{uuid.uuid4().hex[:8]}"
+    app = make_app(QUEUE_NAME=queue_name, RATE_LIMIT_MAX_REQUESTS=1000, RATE_LIMIT_WINDOW_MS=HOUR_MS)
+    client = app.test_client()
+    settings = app.extensions["dlkit"].settings
+    workers_key = WORKERS_BY_QUEUE_KEY % queue_name
+    try:
+        ids = [_job(client, bob_headers) for _ in range(4)]
+
+        def polled(job_id: str) -> tuple[float, float]:
+            r = client.get(f"/v1/download/status/{job_id}", headers=bob_headers)
+            assert r.status_code == 200 and r.json["status"] == "queued"
+            return r.json["estimatedSecondsRemaining"], float(r.headers["Retry-After"])
+
+        mean_job_s = settings.scaled((settings.DOWNLOAD_DELAY_MIN_MS + settings.DOWNLOAD_DELAY_MAX_MS) / 2000)
+        store = app.extensions["dlkit"].store
+
+        def wait(job_id: str, estimate: float) -> float:
+            return estimate - store.get(job_id).delay_s  # the estimate less the job's own work
+
+        first, last = polled(ids[0]), polled(ids[-1])
+        # No worker yet counts as one: the last waits for the three ahead of it and its own turn.
+        assert wait(ids[0], first[0]) == pytest.approx(mean_job_s, abs=0.01)
+        assert wait(ids[-1], last[0]) == pytest.approx(4 * mean_job_s, abs=0.01)
+        assert last[1] > first[1] >= settings.poll_interval_s  # far back: asked to come back later
+        assert last[1] == float(retry_after(last[0] / 2))
+        redis.sadd(workers_key, "rq:worker:a", "rq:worker:b")  # two workers: half the wait
+        with counted_round_trips() as trips:
+            shared = polled(ids[-1])
+        assert trips[0] == 2  # the job and its limit, then its place in the queue and the workers
+        assert wait(ids[-1], shared[0]) == pytest.approx(2 * mean_job_s, abs=0.01)
+    finally:
+        Queue(queue_name, connection=redis).empty()
+        redis.delete(workers_key)

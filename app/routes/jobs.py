@@ -14,6 +14,7 @@ import time
 from flask import Response, current_app, g, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from dlkit import files
 from dlkit.jobs import IdempotencyConflict, Job, JobStatus, events_channel
@@ -102,8 +103,24 @@ def _polled_job(job_id) -> tuple[Job, dict[str, str]]:
     return g.job, headers
 
 
-def _document(job: Job) -> dict:
-    doc = job.to_api()
+def _queue_wait_s(job: Job) -> float:
+    """A queued job's expected wait for a worker, from its place in RQ's queue and the number of workers
+    (one more round trip, only while queued: with Retry-After from it, far back means polled rarely)."""
+    res = _res()
+    position, workers = res.store.queue_position(res.queue.key, WORKERS_BY_QUEUE_KEY % res.queue.name, job.id)
+    if position is None:
+        return 0.0
+    settings = res.settings
+    mean_job_s = (
+        settings.scaled((settings.DOWNLOAD_DELAY_MIN_MS + settings.DOWNLOAD_DELAY_MAX_MS) / 2000)
+        if settings.DOWNLOAD_DELAY_ENABLED
+        else 0.0
+    )
+    return (position + 1) * mean_job_s / max(1, workers)
+
+
+def _document(job: Job, queue_wait_s: float = 0.0) -> dict:
+    doc = job.to_api(queue_wait_s=queue_wait_s)
     if job.status is JobStatus.COMPLETED:
         res = _res()
         doc["downloadUrl"] = res.download_urls.get(
@@ -115,10 +132,12 @@ def _document(job: Job) -> dict:
     return doc
 
 
-def _poll_headers(job: Job) -> dict[str, str]:
+def _poll_headers(job: Job, eta_s: float | None = None) -> dict[str, str]:
+    """Retry-After while not terminal: half the estimated time left (`eta_s`), at least the poll
+    interval, so a client far back in the queue polls rarely and one near the end often."""
     headers = {"Cache-Control": "no-store"}
     if not job.status.is_terminal:
-        headers["Retry-After"] = retry_after(_res().settings.poll_interval_s)
+        headers["Retry-After"] = retry_after(max(_res().settings.poll_interval_s, (eta_s or 0.0) / 2))
     return headers
 
 
@@ -189,7 +208,8 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
 def status(path: JobPath):
     job, limit_headers = _polled_job(path.job_id)
     code = 410 if job.status is JobStatus.CANCELLED else 200
-    return _document(job), code, {**limit_headers, **_poll_headers(job)}
+    doc = _document(job, _queue_wait_s(job) if job.status is JobStatus.QUEUED else 0.0)
+    return doc, code, {**limit_headers, **_poll_headers(job, doc["estimatedSecondsRemaining"])}
 
 
 @bp.record_once
