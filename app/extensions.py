@@ -48,11 +48,12 @@ def make_limiter(settings: Settings) -> Limiter:
 
 
 @dataclass(frozen=True)
-class PollLimit:
-    """The status poll's per-client limit: the same fixed window as Flask-Limiter's (RATE_LIMIT_MAX_REQUESTS
-    per RATE_LIMIT_WINDOW_MS, a budget of its own per route as Flask-Limiter's default limits are), but
-    counted by the route itself in the pipeline that reads the job, so a poll costs one Redis round trip
-    instead of four. The route is exempt from Flask-Limiter (app/routes/jobs.py).
+class RouteLimit:
+    """The per-client limit of the hot routes (status poll, initiate): the same fixed window as
+    Flask-Limiter's (RATE_LIMIT_MAX_REQUESTS per RATE_LIMIT_WINDOW_MS, a budget of its own per route as
+    Flask-Limiter's default limits are), but counted by the route itself with its own Redis work (the
+    poll: in the pipeline that reads the job), instead of Flask-Limiter's three round trips. Those routes
+    are skipped by Flask-Limiter (app/routes/jobs.py); every other route keeps it.
 
     Windows are aligned to the clock and the counter's key carries the window's number, so the reset
     time needs no TTL read, and a counter whose EXPIRE was lost only wastes memory, never blocks.
@@ -62,12 +63,12 @@ class PollLimit:
     window_s: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PollLimit:
+    def from_settings(cls, settings: Settings) -> RouteLimit:
         return cls(settings.RATE_LIMIT_MAX_REQUESTS, max(1, settings.RATE_LIMIT_WINDOW_MS // 1000))
 
-    def key(self, client: str, now: float) -> str:
+    def key(self, route: str, client: str, now: float) -> str:
         # The limit is part of the key (as in Flask-Limiter's): a changed limit starts afresh.
-        return f"dlkit:ratelimit:status:{self.amount}/{self.window_s}:{client}:{int(now // self.window_s)}"
+        return f"dlkit:ratelimit:{route}:{self.amount}/{self.window_s}:{client}:{int(now // self.window_s)}"
 
     def headers(self, count: int, now: float) -> dict[str, str]:
         """IETF RateLimit-* headers after `count` requests in the window; Retry-After once past it."""
@@ -93,8 +94,8 @@ class Resources:
         return self.settings.api_keys
 
     @cached_property
-    def poll_limit(self) -> PollLimit:
-        return PollLimit.from_settings(self.settings)
+    def route_limit(self) -> RouteLimit:
+        return RouteLimit.from_settings(self.settings)
 
     @cached_property
     def store(self) -> JobStore:

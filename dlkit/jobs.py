@@ -295,6 +295,13 @@ class JobStore:
             self.redis.expire(counter_key, counter_ttl_s)
         return (Job.from_hash(_decode_hash(h)) if h else None), count
 
+    def count(self, counter_key: str, counter_ttl_s: int) -> int:
+        """`counter_key` incremented (a rate limit's window), expiring `counter_ttl_s` after its first count."""
+        count = self.redis.incr(counter_key)
+        if count == 1:
+            self.redis.expire(counter_key, counter_ttl_s)
+        return count
+
     def queue_position(self, queue_key: str, workers_key: str, job_id: str) -> tuple[int | None, int]:
         """(jobs ahead of `job_id` in RQ's queue list, or None if not in it; workers on the queue), one round
         trip. RQ pushes right and pops left, so the index is the number of jobs ahead."""

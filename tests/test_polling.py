@@ -1,5 +1,5 @@
 """The status poll's cost and its own rate limit: one Redis round trip per poll, the limit counted in it
-(app/extensions.py PollLimit), on the session stack's Redis through an in-process app."""
+(app/extensions.py RouteLimit), on the session stack's Redis through an in-process app."""
 
 from __future__ import annotations
 
@@ -118,3 +118,23 @@ def test_a_queued_job_is_told_its_wait_from_its_place_in_the_queue_and_the_worke
     finally:
         Queue(queue_name, connection=redis).empty()
         redis.delete(workers_key)
+
+
+def test_initiate_counts_its_own_limit_and_answers_429_past_it(make_app, bob_headers, redis):
+    queue_name = f"test-limit-{uuid.uuid4().hex[:8]}"  # no worker: nothing runs
+    app = make_app(QUEUE_NAME=queue_name, RATE_LIMIT_MAX_REQUESTS=2, RATE_LIMIT_WINDOW_MS=HOUR_MS)
+    for key in redis.scan_iter("dlkit:ratelimit:initiate:2/3600:*"):
+        redis.delete(key)  # an earlier run of this test in the same hour
+    client = app.test_client()
+    try:
+        answers = [
+            client.post("/v1/download/initiate", json={"file_ids": [70000]}, headers=bob_headers) for _ in range(3)
+        ]
+        assert [r.status_code for r in answers] == [202, 202, 429]
+        assert [r.headers["RateLimit-Remaining"] for r in answers] == ["1", "0", "0"]
+        assert answers[0].headers["RateLimit-Limit"] == "2" and int(answers[0].headers["RateLimit-Reset"]) >= 1
+        refused = answers[-1]
+        assert refused.mimetype == "application/problem+json" and int(refused.headers["Retry-After"]) >= 1
+        assert Queue(queue_name, connection=redis).count == 2  # the refused one was never queued
+    finally:
+        Queue(queue_name, connection=redis).empty()

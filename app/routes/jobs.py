@@ -60,6 +60,7 @@ EVENT_STREAM = {
     },
 }
 WORKER_FUNCTION = "worker.tasks.build_archive"
+SELF_LIMITED = frozenset({"jobs.status", "jobs.initiate"})  # see _self_limited_routes
 
 
 def _res():
@@ -76,14 +77,11 @@ def _owned_job(job_id) -> Job:
     return g.job
 
 
-def _polled_job(job_id) -> tuple[Job, dict[str, str]]:
-    """_owned_job for the status poll, with its rate limit: the job read and the caller's count are
-    one Redis round trip. Returns the job and the RateLimit-* headers; 429 past the limit."""
+def _rate_limited(count: int, now: float) -> dict[str, str]:
+    """The RateLimit-* headers after the caller's `count`-th request in this window; 429 past the limit."""
     res = _res()
-    limit, now = res.poll_limit, time.time()
-    job, count = res.store.get_counted(str(job_id), limit.key(rate_limit_key(), now), limit.window_s)
-    headers = limit.headers(count, now)
-    if count > limit.amount:
+    headers = res.route_limit.headers(count, now)
+    if count > res.route_limit.amount:
         raise Problem(
             429,
             "Too Many Requests",
@@ -91,6 +89,16 @@ def _polled_job(job_id) -> tuple[Job, dict[str, str]]:
             slug="rate-limited",
             headers=headers,
         )
+    return headers
+
+
+def _polled_job(job_id) -> tuple[Job, dict[str, str]]:
+    """_owned_job for the status poll, with its rate limit: the job read and the caller's count are
+    one Redis round trip. Returns the job and the RateLimit-* headers; 429 past the limit."""
+    res = _res()
+    limit, now = res.route_limit, time.time()
+    job, count = res.store.get_counted(str(job_id), limit.key("status", rate_limit_key(), now), limit.window_s)
+    headers = _rate_limited(count, now)
     if job is None or job.owner != current_owner():
         raise Problem(
             404,
@@ -154,6 +162,10 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
     owner = current_owner()
     res = _res()
     settings = res.settings
+    now = time.time()
+    limit_headers = _rate_limited(
+        res.store.count(res.route_limit.key("initiate", rate_limit_key(), now), res.route_limit.window_s), now
+    )
     # RQ's own timeout is a backstop far past the longest simulated job plus its upload.
     rq_timeout = math.ceil(settings.scaled(settings.DOWNLOAD_DELAY_MAX_MS / 1000)) + 600
 
@@ -184,7 +196,7 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
         ) from conflict
     doc = job.to_api()
     location = f"/v1/download/status/{job.id}"
-    headers = {"Location": location, **_poll_headers(job)}
+    headers = {"Location": location, **limit_headers, **_poll_headers(job)}
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return (
@@ -213,10 +225,11 @@ def status(path: JobPath):
 
 
 @bp.record_once
-def _exempt_status(state) -> None:
-    # The status poll counts its own rate limit, in the round trip that reads the job (_polled_job).
-    # A request filter, not limiter.exempt(): it skips Flask-Limiter's per-request exemption lookup too.
-    state.app.extensions["dlkit"].limiter.request_filter(lambda: request.endpoint == "jobs.status")
+def _self_limited_routes(state) -> None:
+    # The status poll and initiate count their own rate limit (_rate_limited), the poll in the round trip
+    # that reads the job. A request filter, not limiter.exempt(): it skips Flask-Limiter's per-request
+    # exemption lookup too.
+    state.app.extensions["dlkit"].limiter.request_filter(lambda: request.endpoint in SELF_LIMITED)
 
 
 # uuid: else GET /v1/download/check (or /start, /initiate) would be this route, and those paths would
