@@ -6,6 +6,7 @@ opened at import time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -16,7 +17,7 @@ from rq import Queue
 
 from dlkit.jobs import JobStore
 from dlkit.settings import Settings
-from dlkit.storage import s3_client
+from dlkit.storage import PresignedUrls, s3_client
 
 
 def rate_limit_key() -> str:
@@ -46,6 +47,42 @@ def make_limiter(settings: Settings) -> Limiter:
     )
 
 
+@dataclass(frozen=True)
+class RouteLimit:
+    """The per-client limit of the hot routes (status poll, initiate): the same fixed window as
+    Flask-Limiter's (RATE_LIMIT_MAX_REQUESTS per RATE_LIMIT_WINDOW_MS, a budget of its own per route as
+    Flask-Limiter's default limits are), but counted by the route itself with its own Redis work (the
+    poll: in the pipeline that reads the job), instead of Flask-Limiter's three round trips. Those routes
+    are skipped by Flask-Limiter (app/routes/jobs.py); every other route keeps it.
+
+    Windows are aligned to the clock and the counter's key carries the window's number, so the reset
+    time needs no TTL read, and a counter whose EXPIRE was lost only wastes memory, never blocks.
+    """
+
+    amount: int
+    window_s: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RouteLimit:
+        return cls(settings.RATE_LIMIT_MAX_REQUESTS, max(1, settings.RATE_LIMIT_WINDOW_MS // 1000))
+
+    def key(self, route: str, client: str, now: float) -> str:
+        # The limit is part of the key (as in Flask-Limiter's): a changed limit starts afresh.
+        return f"dlkit:ratelimit:{route}:{self.amount}/{self.window_s}:{client}:{int(now // self.window_s)}"
+
+    def headers(self, count: int, now: float) -> dict[str, str]:
+        """IETF RateLimit-* headers after `count` requests in the window; Retry-After once past it."""
+        reset = max(1, math.ceil((int(now // self.window_s) + 1) * self.window_s - now))
+        headers = {
+            "RateLimit-Limit": str(self.amount),
+            "RateLimit-Remaining": str(max(0, self.amount - count)),
+            "RateLimit-Reset": str(reset),
+        }
+        if count > self.amount:
+            headers["Retry-After"] = str(reset)
+        return headers
+
+
 @dataclass
 class Resources:
     settings: Settings
@@ -55,6 +92,10 @@ class Resources:
     @cached_property
     def api_keys(self) -> dict[str, str]:
         return self.settings.api_keys
+
+    @cached_property
+    def route_limit(self) -> RouteLimit:
+        return RouteLimit.from_settings(self.settings)
 
     @cached_property
     def store(self) -> JobStore:
@@ -73,6 +114,11 @@ class Resources:
     def s3_public(self):
         """Public endpoint: presigned URLs clients can reach."""
         return s3_client(self.settings, public=True)
+
+    @cached_property
+    def download_urls(self) -> PresignedUrls:
+        """Presigned URLs of the public endpoint, reused while more than half their life remains."""
+        return PresignedUrls(self.s3_public)
 
 
 def connect_redis(settings: Settings) -> Redis:

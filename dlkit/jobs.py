@@ -127,9 +127,10 @@ class Job:
             return 100.0
         return round(100.0 * self.processed_files / self.total_files, 1)
 
-    def estimated_seconds_remaining(self, now: float) -> float | None:
+    def estimated_seconds_remaining(self, now: float, queue_wait_s: float = 0.0) -> float | None:
+        """Seconds until done: for a queued job its expected wait in the queue (given) plus its own work."""
         if self.status is JobStatus.QUEUED:
-            return round(self.delay_s, 3)
+            return round(queue_wait_s + self.delay_s, 3)
         if self.status is not JobStatus.PROCESSING:
             return None
         by_files = self.delay_s * (self.total_files - self.processed_files) / self.total_files
@@ -186,7 +187,7 @@ class Job:
             attempt=int(h.get("attempt", 1)),
         )
 
-    def to_api(self, now: float | None = None) -> dict:
+    def to_api(self, now: float | None = None, queue_wait_s: float = 0.0) -> dict:
         """The status document of the v1 contract (downloadUrl is filled in by the API)."""
         now = time.time() if now is None else now
         return {
@@ -201,7 +202,7 @@ class Job:
             "error": self.error,
             "createdAt": _iso(self.created_at),
             "updatedAt": _iso(self.updated_at),
-            "estimatedSecondsRemaining": self.estimated_seconds_remaining(now),
+            "estimatedSecondsRemaining": self.estimated_seconds_remaining(now, queue_wait_s),
             "artifact": (
                 {"size": self.artifact_size, "sha256": self.artifact_sha256}
                 if self.status is JobStatus.COMPLETED
@@ -438,6 +439,34 @@ class JobStore:
             record["unavailableFileIds"] = json.dumps(unavailable[: int(record.pop("unavailableCount", 0))])
             changes.append((entry_id.decode(), Job.from_hash({**record, "fileIds": file_ids})))
         return changes
+
+    def get_counted(self, job_id: str, counter_key: str, counter_ttl_s: int) -> tuple[Job | None, int]:
+        """The job, and `counter_key` incremented, in one round trip: a status poll reads its job and
+        counts against its client's rate limit together. The counter expires `counter_ttl_s` after its
+        first count (one more round trip, once per counter)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(counter_key)
+            pipe.hgetall(job_key(job_id))
+            count, h = pipe.execute()
+        if count == 1:
+            self.redis.expire(counter_key, counter_ttl_s)
+        return (Job.from_hash(_decode_hash(h)) if h else None), count
+
+    def count(self, counter_key: str, counter_ttl_s: int) -> int:
+        """`counter_key` incremented (a rate limit's window), expiring `counter_ttl_s` after its first count."""
+        count = self.redis.incr(counter_key)
+        if count == 1:
+            self.redis.expire(counter_key, counter_ttl_s)
+        return count
+
+    def queue_position(self, queue_key: str, workers_key: str, job_id: str) -> tuple[int | None, int]:
+        """(jobs ahead of `job_id` in RQ's queue list, or None if not in it; workers on the queue), one round
+        trip. RQ pushes right and pops left, so the index is the number of jobs ahead."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpos(queue_key, job_id)
+            pipe.scard(workers_key)
+            position, workers = pipe.execute()
+        return position, workers
 
     def list_for_owner(self, owner: str, limit: int, offset: int = 0) -> list[Job]:
         """The owner's jobs, newest first. Expired records are dropped from the index."""

@@ -6,7 +6,9 @@ Works with any S3-compatible store: SeaweedFS in the embedded stack and in compo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from contextlib import closing
 
 import boto3
@@ -84,6 +86,39 @@ def presign_download(client, bucket: str, key: str, ttl_s: int, filename: str) -
         },
         ExpiresIn=ttl_s,
     )
+
+
+class PresignedUrls:
+    """Presigned download URLs, reused while comfortably valid.
+
+    A URL is signed for `ttl_s` and handed out again until less than half of its life remains, so
+    polling a completed job does not sign on every poll, and every URL handed out is still valid for
+    at least ttl_s / 2. Per process (no Redis command), thread-safe, at most `max_urls` kept.
+    """
+
+    def __init__(self, client, max_urls: int = 10_000, clock: Callable[[], float] = time.time):
+        self.client = client
+        self.max_urls = max_urls
+        self.clock = clock
+        self._urls: dict[tuple, tuple[str, float]] = {}  # (bucket, key, ttl, filename) -> (url, expires at)
+        self._lock = threading.Lock()
+
+    def get(self, bucket: str, key: str, ttl_s: int, filename: str) -> str:
+        entry = (bucket, key, ttl_s, filename)
+        now = self.clock()
+        with self._lock:
+            cached = self._urls.get(entry)
+        if cached is not None and cached[1] - now > ttl_s / 2:
+            return cached[0]
+        url = presign_download(self.client, bucket, key, ttl_s, filename)
+        with self._lock:
+            if len(self._urls) >= self.max_urls:
+                # Oldest first (dicts keep insertion order): drop the older half.
+                for old in list(self._urls)[: self.max_urls // 2]:
+                    del self._urls[old]
+            self._urls.pop(entry, None)
+            self._urls[entry] = (url, int(now) + ttl_s)  # SigV4 counts from the signing second
+        return url
 
 
 class MultipartUpload:

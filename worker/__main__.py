@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     from . import metrics
 
     settings = Settings.from_env()
+    # Paid once here rather than by every forked work horse: importing the job module (boto3),
+    # its settings and S3 client (worker/tasks.py prepare).
+    from . import tasks
+
+    tasks.prepare(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
     store = JobStore(redis, settings.JOB_TTL_S)

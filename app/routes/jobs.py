@@ -12,16 +12,17 @@ import math
 import re
 import time
 
-from flask import Response, current_app, g, stream_with_context
+from flask import Response, current_app, g, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 from rq import Worker
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from dlkit import files
 from dlkit.jobs import IdempotencyConflict, Job, JobStatus, TooManyActiveJobs, events_channel
-from dlkit.storage import presign_download
 
 from ..auth import authenticate, current_owner
+from ..extensions import rate_limit_key
 from ..hooks import retry_after
 from ..problems import Problem
 from ..schemas import (
@@ -85,6 +86,7 @@ class EventsHeaders(BaseModel):
 
 
 WORKER_FUNCTION = "worker.tasks.build_archive"
+SELF_LIMITED = frozenset({"jobs.status", "jobs.initiate"})  # see _self_limited_routes
 
 
 def _res():
@@ -120,13 +122,63 @@ def _note(job: Job) -> str | None:
     return None
 
 
-def _document(job: Job) -> dict:
-    doc = job.to_api()
+def _rate_limited(count: int, now: float) -> dict[str, str]:
+    """The RateLimit-* headers after the caller's `count`-th request in this window; 429 past the limit."""
+    res = _res()
+    headers = res.route_limit.headers(count, now)
+    if count > res.route_limit.amount:
+        raise Problem(
+            429,
+            "Too Many Requests",
+            f"Rate limit of {res.settings.rate_limit} exceeded; retry after Retry-After seconds.",
+            slug="rate-limited",
+            headers=headers,
+        )
+    return headers
+
+
+def _polled_job(job_id) -> tuple[Job, dict[str, str]]:
+    """_owned_job for the status poll, with its rate limit: the job read and the caller's count are
+    one Redis round trip. Returns the job and the RateLimit-* headers; 429 past the limit."""
+    res = _res()
+    limit, now = res.route_limit, time.time()
+    job, count = res.store.get_counted(str(job_id), limit.key("status", rate_limit_key(), now), limit.window_s)
+    headers = _rate_limited(count, now)
+    if job is None or job.owner != current_owner():
+        raise Problem(
+            404,
+            "Job not found",
+            f"No job {job_id} (unknown, expired, or not yours).",
+            slug="job-not-found",
+            headers=headers,
+        )
+    g.job = job  # after_request hooks read it too
+    return job, headers
+
+
+def _queue_wait_s(job: Job) -> float:
+    """A queued job's expected wait for a worker, from its place in RQ's queue and the number of workers
+    (one more round trip, only while queued: with Retry-After from it, far back means polled rarely)."""
+    res = _res()
+    position, workers = res.store.queue_position(res.queue.key, WORKERS_BY_QUEUE_KEY % res.queue.name, job.id)
+    g.live_workers = workers  # the same count _live_workers reads: the note needs no round trip of its own
+    if position is None:
+        return 0.0
+    settings = res.settings
+    mean_job_s = (
+        settings.scaled((settings.DOWNLOAD_DELAY_MIN_MS + settings.DOWNLOAD_DELAY_MAX_MS) / 2000)
+        if settings.DOWNLOAD_DELAY_ENABLED
+        else 0.0
+    )
+    return (position + 1) * mean_job_s / max(1, workers)
+
+
+def _document(job: Job, queue_wait_s: float = 0.0) -> dict:
+    doc = job.to_api(queue_wait_s=queue_wait_s)
     doc["note"] = _note(job)
     if job.status is JobStatus.COMPLETED:
         res = _res()
-        doc["downloadUrl"] = presign_download(
-            res.s3_public,
+        doc["downloadUrl"] = res.download_urls.get(
             res.settings.S3_BUCKET_NAME,
             job.artifact_key,
             res.settings.download_url_ttl_s,
@@ -135,10 +187,12 @@ def _document(job: Job) -> dict:
     return doc
 
 
-def _poll_headers(job: Job) -> dict[str, str]:
+def _poll_headers(job: Job, eta_s: float | None = None) -> dict[str, str]:
+    """Retry-After while not terminal: half the estimated time left (`eta_s`), at least the poll
+    interval, so a client far back in the queue polls rarely and one near the end often."""
     headers = {"Cache-Control": "no-store"}
     if not job.status.is_terminal:
-        headers["Retry-After"] = retry_after(_res().settings.poll_interval_s)
+        headers["Retry-After"] = retry_after(max(_res().settings.poll_interval_s, (eta_s or 0.0) / 2))
     return headers
 
 
@@ -155,6 +209,10 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
     owner = current_owner()
     res = _res()
     settings = res.settings
+    now = time.time()
+    limit_headers = _rate_limited(
+        res.store.count(res.route_limit.key("initiate", rate_limit_key(), now), res.route_limit.window_s), now
+    )
     # The zip's size follows from the ids: refuse a job past the budget before anything is written.
     size = files.archive_size(body.file_ids)
     if size > settings.MAX_JOB_BYTES:
@@ -215,7 +273,7 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
         ) from busy
     doc = job.to_api()
     location = f"/v1/download/status/{job.id}"
-    headers = {"Location": location, **_poll_headers(job)}
+    headers = {"Location": location, **limit_headers, **_poll_headers(job)}
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return (
@@ -237,9 +295,18 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
     responses={200: JobStatusResponse, 410: JobStatusResponse, **problems(*API_ROUTE, 404)},
 )
 def status(path: JobPath):
-    job = _owned_job(path.job_id)
+    job, limit_headers = _polled_job(path.job_id)
     code = 410 if job.status is JobStatus.CANCELLED else 200
-    return _document(job), code, _poll_headers(job)
+    doc = _document(job, _queue_wait_s(job) if job.status is JobStatus.QUEUED else 0.0)
+    return doc, code, {**limit_headers, **_poll_headers(job, doc["estimatedSecondsRemaining"])}
+
+
+@bp.record_once
+def _self_limited_routes(state) -> None:
+    # The status poll and initiate count their own rate limit (_rate_limited), the poll in the round trip
+    # that reads the job. A request filter, not limiter.exempt(): it skips Flask-Limiter's per-request
+    # exemption lookup too.
+    state.app.extensions["dlkit"].limiter.request_filter(lambda: request.endpoint in SELF_LIMITED)
 
 
 # uuid: else GET /v1/download/check (or /start, /initiate) would be this route, and those paths would

@@ -401,7 +401,7 @@ class Bench:
         return report
 
     def completed_job(self) -> str:
-        """A job whose status the polls read: completed, so the poll presigns a URL as clients see it."""
+        """A job whose status the polls read: completed, so the poll carries a download URL as clients see it."""
         with httpx.Client(base_url=self.stack.entry, headers=self.auth, timeout=10) as client:
             job_id = client.post("/v1/download/initiate", json={"file_ids": [FIRST_FILE_ID]}).json()["jobId"]
             deadline = time.monotonic() + 60
