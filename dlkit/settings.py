@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     # A processing job whose heartbeat is older than this is failed (its worker died).
     JOB_STALE_AFTER_S: float = Field(30, gt=0)
 
+    # Tracing and error tracking (dlkit/telemetry.py), all off when empty. The exporter's endpoint,
+    # the sampler and the service name are the SDK's own OTEL_* variables, read by it.
+    OTEL_TRACES_EXPORTER: str = ""  # otlp | console | none, comma-separated
+    TRACES_FILE: str = ""  # the kit's own: spans also appended here as JSON lines (embedded stack)
+    SENTRY_DSN: str = ""
+
     @model_validator(mode="after")
     def _check_ranges(self) -> Settings:
         if self.DOWNLOAD_DELAY_MIN_MS > self.DOWNLOAD_DELAY_MAX_MS:

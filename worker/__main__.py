@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import StopRequested
 
-from dlkit import multiproc
+from dlkit import multiproc, telemetry
 from dlkit.jobs import JobStore
 from dlkit.settings import Settings
 
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     from . import metrics
 
     settings = Settings.from_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    telemetry.configure_logging()
+    telemetry.setup(settings, "dlkit-worker")  # before the fork of each work horse, which inherits it
     redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
     store = JobStore(redis, settings.JOB_TTL_S)
 

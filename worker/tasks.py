@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis import Redis
 from rq import get_current_job
 
-from dlkit import files
+from dlkit import files, telemetry
 from dlkit.jobs import JobStatus, JobStore, cancel_key
 from dlkit.settings import Settings
 from dlkit.storage import MultipartUpload, artifact_key, s3_client
@@ -33,6 +33,7 @@ class Stopped(Exception):
     """The job left `processing` under the worker (cancelled, or failed by the watchdog)."""
 
 
+@telemetry.traced_job
 def build_archive(job_id: str) -> dict:
     settings = Settings.from_env()
     redis: Redis = get_current_job().connection
@@ -47,6 +48,7 @@ def build_archive(job_id: str) -> dict:
 
     job = store.get(job_id)
     metrics.job_started(job)
+    telemetry.job_started(job)
     s3 = s3_client(settings)
     key = artifact_key(job_id)
     upload = MultipartUpload(s3, settings.S3_BUCKET_NAME, key, settings.S3_PART_SIZE_BYTES)
@@ -59,7 +61,8 @@ def build_archive(job_id: str) -> dict:
             )
             metrics.job_failed(job, failed, metrics.NO_FILES_AVAILABLE)
             return {"jobId": job_id, "status": "failed"}
-        upload.complete()
+        with telemetry.span("download.upload"):
+            upload.complete()
     except Stopped:
         _abort_quietly(upload)
         metrics.job_stopped()
@@ -90,16 +93,17 @@ def _write_zip(file_ids, step_s, upload, store: JobStore, redis: Redis, settings
     unavailable: list[int] = []
     with zipfile.ZipFile(upload, mode="w", compression=zipfile.ZIP_STORED) as archive:
         for done, file_id in enumerate(file_ids, start=1):
-            _wait_or_stop(redis, store, job_id, step_s, settings.heartbeat_s)
-            if files.is_available(file_id):
-                info = zipfile.ZipInfo(files.file_name(file_id), date_time=ZIP_DATE)
-                archive.writestr(info, files.file_bytes(file_id))
-                metrics.file_processed(available=True)
-            else:
-                unavailable.append(file_id)
-                metrics.file_processed(available=False)
-            if not store.record_progress(job_id, done, unavailable).applied:
-                raise Stopped()
+            with telemetry.span("download.file", fileId=file_id, fileIndex=done):
+                _wait_or_stop(redis, store, job_id, step_s, settings.heartbeat_s)
+                if files.is_available(file_id):
+                    info = zipfile.ZipInfo(files.file_name(file_id), date_time=ZIP_DATE)
+                    archive.writestr(info, files.file_bytes(file_id))
+                    metrics.file_processed(available=True)
+                else:
+                    unavailable.append(file_id)
+                    metrics.file_processed(available=False)
+                if not store.record_progress(job_id, done, unavailable).applied:
+                    raise Stopped()
     return unavailable
 
 

@@ -15,7 +15,7 @@ from flask import Response, current_app, g, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
 
-from dlkit import files
+from dlkit import files, telemetry
 from dlkit.jobs import IdempotencyConflict, Job, JobStatus, events_channel
 from dlkit.storage import presign_download
 
@@ -124,6 +124,7 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
             result_ttl=3600,
             failure_ttl=settings.JOB_TTL_S,
             description=f"download job {job_id}",
+            meta=telemetry.carrier(),  # the request's trace continues in the worker
         )
         res.queue.enqueue_job(rq_job, pipeline=pipe)
 
