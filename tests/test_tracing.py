@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -16,11 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import flask
+import httpx
 import pytest
 from flask import Flask
 
 from dlkit import telemetry
 from dlkit.kit import ROOT
+from dlkit.kit.stack import free_base_port
 
 from .conftest import start_stack
 from .support import available_ids, client_for, initiate, poll
@@ -206,3 +209,73 @@ def test_log_lines_carry_the_request_and_job_ids():
     assert inside["request_id"] == "rid-1" and inside["job_id"] == "abc"
     assert "trace_id" not in inside  # tracing is off in this process
     assert "request_id" not in outside and "job_id" not in outside
+
+
+class _OtlpReceiver(BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector reduced to what the test reads: the spans posted to /v1/traces."""
+
+    spans: list = []
+
+    def do_POST(self):
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        if self.path == "/v1/traces":
+            request = ExportTraceServiceRequest.FromString(body)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    self.spans.extend(scope.spans)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.stack
+def test_dlkit_up_otlp_sends_spans_to_a_collector(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtlpReceiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    home = tmp_path / "stack"
+    env = {**os.environ, "DLKIT_HOME": str(home)}
+    env.pop("TRACES_FILE", None)
+    base = free_base_port()
+
+    def dlkit(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "dlkit.kit.cli", *args]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+    try:
+        otlp = f"http://127.0.0.1:{server.server_port}"
+        result = dlkit("up", "--time-scale", "0.02", "--workers", "1", "--base-port", str(base), "--otlp", otlp)
+        assert result.returncode == 0, result.stdout + result.stderr
+        with httpx.Client(base_url=f"http://127.0.0.1:{base}", timeout=10) as client:
+            job_id = initiate(client, available_ids(2)).json()["jobId"]
+            assert poll(client, job_id)[-1]["status"] == "completed"
+
+        def job_span():
+            for span in _OtlpReceiver.spans:
+                attributes = {a.key: a.value for a in span.attributes}
+                if span.name == "download.job" and attributes.get("download.jobId").string_value == job_id:
+                    return span
+            return None
+
+        received = _await(job_span)
+        assert received, f"the collector got no download.job span for {job_id}"
+        # And the same span in the stack's own span file.
+        in_file = _await(
+            lambda: [
+                s
+                for s in _lines(home / "logs" / "spans.jsonl")
+                if s["context"]["span_id"] == f"0x{received.span_id.hex()}"
+            ]
+        )
+        assert in_file and in_file[0]["name"] == "download.job"
+    finally:
+        dlkit("down")
+        server.shutdown()
+        server.server_close()

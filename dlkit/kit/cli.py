@@ -129,6 +129,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
+    # Spans of the API and the workers (dlkit/telemetry.py), inherited by every component: as JSON
+    # lines in logs/spans.jsonl unless TRACES_FILE says otherwise ("" for none), and to a collector.
+    env.setdefault("TRACES_FILE", str(home / "logs" / "spans.jsonl"))
+    if args.otlp:
+        env |= {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": args.otlp}
     read_fd, write_fd = os.pipe()
     command = [
         sys.executable,
@@ -427,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: DLKIT_BASE_PORT or {DEFAULT_BASE_PORT})",
     )
     up.add_argument("--redis-url", help="use this Redis instead of starting Valkey (default: REDIS_URL if set)")
+    up.add_argument(
+        "--otlp",
+        metavar="URL",
+        help="also send the API's and workers' spans to this OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318 "
+        "(Jaeger, an OpenTelemetry collector); they always go to logs/spans.jsonl",
+    )
     up.add_argument(
         "--no-chain",
         action="store_true",
