@@ -73,9 +73,10 @@ class Settings(BaseSettings):
     # A processing job whose heartbeat is older than this is failed (its worker died).
     JOB_STALE_AFTER_S: float = Field(30, gt=0)
 
-    # Tracing and error tracking (dlkit/telemetry.py), all off when empty. The exporter's endpoint,
-    # the sampler and the service name are the SDK's own OTEL_* variables, read by it.
+    # Tracing and error tracking (dlkit/telemetry.py), all off when empty. The sampler, the service
+    # name and the exporter's other options are the SDK's own OTEL_* variables, read by it.
     OTEL_TRACES_EXPORTER: str = ""  # otlp | console | none, comma-separated
+    OTEL_EXPORTER_OTLP_ENDPOINT: str = ""  # OTLP/HTTP base URL (e.g. http://jaeger:4318); /v1/traces is added
     TRACES_FILE: str = ""  # the kit's own: spans also appended here as JSON lines (embedded stack)
     SENTRY_DSN: str = ""
 

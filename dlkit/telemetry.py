@@ -47,12 +47,12 @@ def setup(settings: Settings, service: str) -> None:
     exporters = [name.strip() for name in settings.OTEL_TRACES_EXPORTER.split(",") if name.strip()]
     exporters = [name for name in exporters if name != "none"]
     if (exporters or settings.TRACES_FILE) and not _state["tracing"]:
-        _start_tracing(exporters, settings.TRACES_FILE, service)
+        _start_tracing(exporters, settings.TRACES_FILE, settings.OTEL_EXPORTER_OTLP_ENDPOINT, service)
     if settings.SENTRY_DSN and not _state["sentry"]:
         _start_sentry(settings.SENTRY_DSN)
 
 
-def _start_tracing(exporters: list[str], traces_file: str, service: str) -> None:
+def _start_tracing(exporters: list[str], traces_file: str, otlp_endpoint: str, service: str) -> None:
     from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -65,7 +65,9 @@ def _start_tracing(exporters: list[str], traces_file: str, service: str) -> None
         if name in ("otlp", "otlp_proto_http"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            # Unset: the SDK's default (localhost:4318) or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.
+            endpoint = f"{otlp_endpoint.rstrip('/')}/v1/traces" if otlp_endpoint else None
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
         elif name == "console":
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(formatter=_span_line)))
         else:
