@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from flask import g, has_request_context, request
 from opentelemetry import propagate, trace
 from pythonjsonlogger.json import JsonFormatter
 
@@ -114,8 +115,6 @@ def instrument_app(app) -> None:
     """Flask spans (not for /health and /metrics, which probes and scrapers call all day unless
     OTEL_PYTHON_FLASK_EXCLUDED_URLS says otherwise), the trace id in a `traceresponse` header (W3C
     Trace Context level 2; the access log reads it), and Sentry tags from the job in the path."""
-    from flask import request
-
     if _state["tracing"]:
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
@@ -227,8 +226,6 @@ class ContextFilter(logging.Filter):
         if record.name == "gunicorn.access" and isinstance(record.args, dict):
             _access_fields(record, record.args)
             return True
-        from flask import g, has_request_context, request
-
         if has_request_context():
             record.request_id = g.get("request_id")
             if request.view_args and "job_id" in request.view_args:
