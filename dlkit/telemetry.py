@@ -20,6 +20,7 @@ import contextvars
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,7 +35,7 @@ tracer = trace.get_tracer("dlkit")
 
 # The job a worker is running, for its log lines.
 _job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("dlkit_job_id", default=None)
-_state = {"tracing": False, "sentry": False, "instrumented": False}
+_state = {"tracing": False, "sentry": False}
 # Never sent to Sentry: a client that went away mid-request is not a bug of ours.
 CLIENT_NETWORK_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
@@ -165,22 +166,17 @@ def traced_job(function: Callable[[str], dict]) -> Callable[[str], dict]:
     def run(job_id: str) -> dict:
         token = _job_id.set(job_id)
         try:
-            if not _state["tracing"]:
-                return function(job_id)
-            from rq import get_current_job
-
-            parent = propagate.extract(get_current_job().meta or {})
-            with tracer.start_as_current_span(
-                "download.job", context=parent, kind=trace.SpanKind.CONSUMER, attributes={"download.jobId": job_id}
-            ) as span:
+            with _job_span(job_id) as span:
                 log.info("job %s picked up", job_id)
                 try:
                     result = function(job_id)
                 except BaseException as exc:
-                    span.add_event("download.status", {"status": "failed", "error": type(exc).__name__})
+                    if span is not None:
+                        span.add_event("download.status", {"status": "failed", "error": type(exc).__name__})
                     raise
                 status = result.get("status") or result.get("skipped") or "unknown"
-                span.add_event("download.status", {"status": status})
+                if span is not None:
+                    span.add_event("download.status", {"status": status})
                 log.info("job %s ended: %s", job_id, status)
                 return result
         finally:
@@ -190,6 +186,20 @@ def traced_job(function: Callable[[str], dict]) -> Callable[[str], dict]:
                 trace.get_tracer_provider().force_flush()
 
     return run
+
+
+@contextlib.contextmanager
+def _job_span(job_id: str) -> Iterator[trace.Span | None]:
+    if not _state["tracing"]:
+        yield None
+        return
+    from rq import get_current_job
+
+    parent = propagate.extract(get_current_job().meta or {})
+    with tracer.start_as_current_span(
+        "download.job", context=parent, kind=trace.SpanKind.CONSUMER, attributes={"download.jobId": job_id}
+    ) as span:
+        yield span
 
 
 def job_started(job) -> None:
@@ -241,6 +251,9 @@ class ContextFilter(logging.Filter):
         return True
 
 
+_JOB_PATH = re.compile(r"^/v1/download/(?:status/|events/|cancel/)?([0-9a-f]{8}-[0-9a-f-]{27})$")
+
+
 def _access_fields(record: logging.LogRecord, atoms) -> None:
     record.remote = atoms["h"]
     record.method = atoms["m"]
@@ -253,9 +266,10 @@ def _access_fields(record: logging.LogRecord, atoms) -> None:
     traceresponse = atoms["{traceresponse}o"]
     if traceresponse != "-":
         record.trace_id = traceresponse.split("-")[1]
-    location = atoms["{location}o"]
-    if location.startswith("/v1/download/status/"):
-        record.job_id = location.rsplit("/", 1)[1]
+    # The job: in the path (status, download, events, cancel), or where initiate sends the client.
+    job = _JOB_PATH.match(atoms["U"]) or _JOB_PATH.match(atoms["{location}o"])
+    if job:
+        record.job_id = job[1]
 
 
 def json_formatter() -> JsonFormatter:

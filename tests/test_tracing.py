@@ -279,3 +279,30 @@ def test_dlkit_up_otlp_sends_spans_to_a_collector(tmp_path):
         dlkit("down")
         server.shutdown()
         server.server_close()
+
+
+def test_tracing_off_still_logs_json_with_the_job_id(stack, alice):
+    """The session stack sets none of the variables: no trace anywhere, the same JSON log lines."""
+    response = initiate(alice, available_ids(1))
+    job_id = response.json()["jobId"]
+    assert "traceresponse" not in response.headers
+    assert poll(alice, job_id)[-1]["status"] == "completed"
+    missing = alice.get(f"/v1/download/status/{uuid.uuid4()}")
+    assert missing.status_code == 404 and "traceId" not in missing.json()
+
+    def worker_lines():
+        logs = [stack.site.log(name) for name in stack.components if name.startswith("worker-")]
+        return [line for log in logs for line in _lines(log) if line.get("job_id") == job_id]
+
+    lines = _await(worker_lines)
+    assert [line["message"] for line in lines] == [f"job {job_id} picked up", f"job {job_id} ended: completed"]
+    assert all("trace_id" not in line for line in lines)
+    access = _await(
+        lambda: [
+            line
+            for line in _lines(stack.site.log("api"))
+            if line.get("logger") == "gunicorn.access" and line.get("job_id") == job_id
+        ]
+    )
+    assert access and all("trace_id" not in line for line in access)
+    assert {line["path"] for line in access} == {"/v1/download/initiate", f"/v1/download/status/{job_id}"}
