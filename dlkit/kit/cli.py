@@ -131,8 +131,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         env["REDIS_URL"] = args.redis_url
     # Spans of the API and the workers (dlkit/telemetry.py), inherited by every component: as JSON
     # lines in logs/spans.jsonl unless TRACES_FILE says otherwise ("" for none), and to a collector.
-    env.setdefault("TRACES_FILE", str(home / "logs" / "spans.jsonl"))
-    if args.otlp:
+    # Not for the demo's stack (it calls this too): its load tests would fill a span file with hundreds of megabytes.
+    if getattr(args, "traces", False):
+        env.setdefault("TRACES_FILE", str(home / "logs" / "spans.jsonl"))
+    if getattr(args, "otlp", None):
         env |= {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": args.otlp}
     read_fd, write_fd = os.pipe()
     command = [
@@ -443,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve clients from nginx directly, without the emulated edge (Cloudflare) and LB (ALB)",
     )
-    up.set_defaults(func=cmd_up)
+    up.set_defaults(func=cmd_up, traces=True)
 
     status = commands.add_parser(
         "status", help="live health of each component; exit 1 if any is unhealthy, 3 if none runs"
