@@ -136,6 +136,9 @@ def instrument_app(app) -> None:
         def _sentry_tags():
             if request.view_args and "job_id" in request.view_args:
                 sentry_sdk.set_tag("download.jobId", request.view_args["job_id"])
+            body = request.get_json(silent=True) if request.is_json else None
+            if isinstance(body, dict) and isinstance(body.get("file_ids"), list):
+                sentry_sdk.set_tag("download.fileCount", len(body["file_ids"]))
 
 
 # -- the trace across the queue ----------------------------------------------------------------------

@@ -130,20 +130,32 @@ def test_one_trace_from_initiate_through_the_worker(traced):
     assert {line["job_id"] for line in worker_lines} == {job_id}
 
 
+# What a work horse does (tag the job, then fail), and a Flask app failing in a job's route.
 SENTRY_SCRIPT = """
 import sys
 from types import SimpleNamespace
 import sentry_sdk
+from flask import Flask
 from dlkit import telemetry
 from dlkit.settings import Settings
 
 telemetry.setup(Settings.from_env({"SENTRY_DSN": sys.argv[1]}), "dlkit-worker")
-telemetry.job_started(SimpleNamespace(id="job-42", total_files=7))
-for error in (ConnectionResetError("client went away"), RuntimeError("boom")):
-    try:
-        raise error
-    except Exception as exc:
-        sentry_sdk.capture_exception(exc)
+with sentry_sdk.isolation_scope():
+    telemetry.job_started(SimpleNamespace(id="job-42", total_files=7))
+    for error in (ConnectionResetError("client went away"), RuntimeError("boom")):
+        try:
+            raise error
+        except Exception as exc:
+            sentry_sdk.capture_exception(exc)
+
+app = Flask("api")
+telemetry.instrument_app(app)
+
+@app.post("/v1/download/cancel/<job_id>")
+def fail(job_id):
+    raise KeyError("api boom")
+
+app.test_client().post("/v1/download/cancel/job-43", json={"file_ids": [70000, 70007, 70014]})
 sentry_sdk.flush(timeout=10)
 """
 
@@ -180,11 +192,13 @@ def test_sentry_events_carry_the_job_and_skip_client_network_errors(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-    assert len(events) == 1, events
-    event = events[0]
-    assert event["exception"]["values"][-1]["type"] == "RuntimeError"
-    assert event["tags"]["download.jobId"] == "job-42"
-    assert str(event["tags"]["download.fileCount"]) == "7"
+    # The client's reset connection is not among them.
+    assert [e["exception"]["values"][-1]["type"] for e in events] == ["RuntimeError", "KeyError"], events
+    worker, api = events
+    assert worker["tags"]["download.jobId"] == "job-42"
+    assert str(worker["tags"]["download.fileCount"]) == "7"
+    assert api["tags"]["download.jobId"] == "job-43"
+    assert str(api["tags"]["download.fileCount"]) == "3"
 
 
 def test_log_lines_carry_the_request_and_job_ids():
