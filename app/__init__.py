@@ -6,6 +6,7 @@ from flask_cors import CORS
 from flask_openapi3 import Info, OpenAPI
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from dlkit import telemetry
 from dlkit.settings import Settings
 
 from . import hooks, metrics, ui
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         # Real client address from X-Forwarded-For, trusting only the proxies we know are there.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.TRUSTED_PROXY_HOPS, x_proto=settings.TRUSTED_PROXY_HOPS)
 
+    telemetry.setup(settings, "dlkit-api")  # off unless OTEL_TRACES_EXPORTER, TRACES_FILE or SENTRY_DSN
+    telemetry.instrument_app(app)
     metrics.install(app)  # before every other hook: times and counts even the requests they refuse
     hooks.install(app)  # next: every later hook, the limiter's included, sees the request id
     limiter = make_limiter(settings)

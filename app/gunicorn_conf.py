@@ -6,7 +6,7 @@ balancer's idle timeout makes the LB reuse a connection gunicorn just closed (->
 
 import os
 
-from dlkit import multiproc
+from dlkit import multiproc, telemetry
 
 # Metrics in multiprocess mode: each worker writes its samples to files in this directory and
 # GET /metrics sums them, whichever worker answers. Chosen here, before the app is loaded in the
@@ -38,6 +38,9 @@ limit_request_fields = 32768
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
+# Every line JSON (access, gunicorn's own, the app's), with request id, job id and trace id where
+# there are any: dlkit/telemetry.py turns the access line's atoms into fields.
+logconfig_dict = telemetry.logging_config()
 
 
 def on_starting(server) -> None:

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from dlkit import telemetry
+
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "urn:dlkit:problem:{}"
@@ -58,6 +60,7 @@ def problem_response(
         "detail": detail,
         "instance": request.path,
         "requestId": g.get("request_id"),
+        "traceId": telemetry.trace_id(),  # None (left out) when tracing is off
         **extra,
     }
     response = Response(

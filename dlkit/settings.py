@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     # meet it, and it refuses the all-available 1000-id request (up to 1 GiB and a minute of a worker).
     MAX_JOB_BYTES: int = Field(256 * 1024 * 1024, gt=0)
 
+    # Tracing and error tracking (dlkit/telemetry.py), all off when empty. The sampler, the service
+    # name and the exporter's other options are the SDK's own OTEL_* variables, read by it.
+    OTEL_TRACES_EXPORTER: str = ""  # otlp | console | none, comma-separated
+    OTEL_EXPORTER_OTLP_ENDPOINT: str = ""  # OTLP/HTTP base URL (e.g. http://jaeger:4318); /v1/traces is added
+    TRACES_FILE: str = ""  # the kit's own: spans also appended here as JSON lines (embedded stack)
+    SENTRY_DSN: str = ""
+
     @model_validator(mode="after")
     def _check_ranges(self) -> Settings:
         if self.DOWNLOAD_DELAY_MIN_MS > self.DOWNLOAD_DELAY_MAX_MS:

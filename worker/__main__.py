@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import StopRequested
 
-from dlkit import multiproc
+from dlkit import multiproc, telemetry
 from dlkit.jobs import JobStatus, JobStore
 from dlkit.metrics import WORKER_DIED
 from dlkit.settings import Settings
@@ -55,12 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     from . import metrics
 
     settings = Settings.from_env()
+    telemetry.configure_logging()
+    telemetry.setup(settings, "dlkit-worker")  # before the fork of each work horse, which inherits it
     # Paid once here rather than by every forked work horse: importing the job module (boto3),
     # its settings and S3 client (worker/tasks.py prepare).
     from . import tasks
 
     tasks.prepare(settings)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
     store = JobStore(redis, settings.JOB_TTL_S)
 

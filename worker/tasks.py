@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import time
 import zipfile
+from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 from redis import Redis
 from rq import get_current_job
 
-from dlkit import files
+from dlkit import files, telemetry
 from dlkit.jobs import JobStatus, JobStore, cancel_key
 from dlkit.settings import Settings
 from dlkit.storage import MultipartUpload, artifact_key, s3_client
@@ -49,6 +50,7 @@ class Stopped(Exception):
     """The job left `processing` under the worker (cancelled, or re-queued by a sweeper: worker lost)."""
 
 
+@telemetry.traced_job
 def build_archive(job_id: str) -> dict:
     settings, s3 = _prepared or (Settings.from_env(), None)
     redis: Redis = get_current_job().connection
@@ -64,13 +66,13 @@ def build_archive(job_id: str) -> dict:
     job = store.get(job_id)
     attempt = job.attempt  # every write below is refused once the job was re-queued under this run
     metrics.job_started(job)
+    telemetry.job_started(job)
     s3 = s3 or s3_client(settings)
     key = artifact_key(job_id)
     upload = MultipartUpload(s3, settings.S3_BUCKET_NAME, key, settings.S3_PART_SIZE_BYTES)
     try:
-        unavailable = _write_zip(
-            job.file_ids, job.delay_s / job.total_files, upload, store, redis, settings, job_id, attempt
-        )
+        run = Run(store, job_id, attempt, settings.heartbeat_s)
+        unavailable = _write_zip(run, job.file_ids, job.delay_s / job.total_files, upload)
         if len(unavailable) == job.total_files:
             upload.abort()
             failed = store.fail(
@@ -81,7 +83,8 @@ def build_archive(job_id: str) -> dict:
             )
             metrics.job_failed(job, failed, metrics.NO_FILES_AVAILABLE)
             return {"jobId": job_id, "status": "failed"}
-        upload.complete()
+        with telemetry.span("download.upload"):
+            upload.complete()
     except Stopped:
         _abort_quietly(upload)
         metrics.job_stopped()
@@ -112,36 +115,49 @@ def build_archive(job_id: str) -> dict:
     return {"jobId": job_id, "status": "completed", "size": upload.size}
 
 
-def _write_zip(
-    file_ids, step_s, upload, store: JobStore, redis: Redis, settings: Settings, job_id: str, attempt: int
-) -> list[int]:
+@dataclass(frozen=True)
+class Run:
+    """This work horse's run of one job. Its writes carry the attempt: once a sweeper has re-queued the
+    job under it (worker lost), they are refused, and the run stops."""
+
+    store: JobStore
+    job_id: str
+    attempt: int
+    heartbeat_s: float
+
+    def wait_or_stop(self, seconds: float) -> None:
+        """Spend `seconds` of simulated work, heartbeating, and return early with Stopped on cancel."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            # BLPOP is the interruptible wait: the API pushes to this list on cancel. Never pass a
+            # timeout that Redis would round down to 0 ms: 0 means "block forever".
+            timeout = max(0.01, min(remaining, self.heartbeat_s))
+            if self.store.redis.blpop([cancel_key(self.job_id)], timeout=timeout) is not None:
+                raise Stopped()
+            if not self.store.heartbeat(self.job_id, self.attempt).applied:
+                raise Stopped()
+
+    def record_progress(self, done: int, unavailable: list[int]) -> None:
+        if not self.store.record_progress(self.job_id, done, unavailable, self.attempt).applied:
+            raise Stopped()
+
+
+def _write_zip(run: Run, file_ids: list[int], step_s: float, upload: MultipartUpload) -> list[int]:
+    """Each file after its share of the work, into a zip streamed to `upload`; the unavailable ids."""
     unavailable: list[int] = []
     with zipfile.ZipFile(upload, mode="w", compression=zipfile.ZIP_STORED) as archive:
         for done, file_id in enumerate(file_ids, start=1):
-            _wait_or_stop(redis, store, job_id, step_s, settings.heartbeat_s, attempt)
-            if files.is_available(file_id):
-                info = zipfile.ZipInfo(files.file_name(file_id), date_time=ZIP_DATE)
-                archive.writestr(info, files.file_bytes(file_id))
-                metrics.file_processed(available=True)
-            else:
-                unavailable.append(file_id)
-                metrics.file_processed(available=False)
-            if not store.record_progress(job_id, done, unavailable, attempt).applied:
-                raise Stopped()
+            with telemetry.span("download.file", fileId=file_id, fileIndex=done):
+                run.wait_or_stop(step_s)
+                if files.is_available(file_id):
+                    info = zipfile.ZipInfo(files.file_name(file_id), date_time=ZIP_DATE)
+                    archive.writestr(info, files.file_bytes(file_id))
+                    metrics.file_processed(available=True)
+                else:
+                    unavailable.append(file_id)
+                    metrics.file_processed(available=False)
+                run.record_progress(done, unavailable)
     return unavailable
-
-
-def _wait_or_stop(redis: Redis, store: JobStore, job_id: str, seconds: float, heartbeat_s: float, attempt: int) -> None:
-    """Spend `seconds` of simulated work, heartbeating, and return early with Stopped on cancel."""
-    deadline = time.monotonic() + seconds
-    while (remaining := deadline - time.monotonic()) > 0:
-        # BLPOP is the interruptible wait: the API pushes to this list on cancel. Never pass a
-        # timeout that Redis would round down to 0 ms: 0 means "block forever".
-        timeout = max(0.01, min(remaining, heartbeat_s))
-        if redis.blpop([cancel_key(job_id)], timeout=timeout) is not None:
-            raise Stopped()
-        if not store.heartbeat(job_id, attempt).applied:
-            raise Stopped()
 
 
 def _abort_quietly(upload: MultipartUpload) -> None:

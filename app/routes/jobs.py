@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from rq import Worker
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from dlkit import files
+from dlkit import files, telemetry
 from dlkit.jobs import IdempotencyConflict, Job, JobStatus, TooManyActiveJobs, events_channel
 
 from ..auth import authenticate, current_owner
@@ -240,6 +240,7 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
             result_ttl=3600,
             failure_ttl=settings.JOB_TTL_S,
             description=f"download job {job_id}",
+            meta=telemetry.carrier(),  # the request's trace continues in the worker
         )
         res.queue.enqueue_job(rq_job, pipeline=pipe)
 

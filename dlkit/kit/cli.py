@@ -138,6 +138,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
+    # Spans of the API and the workers (dlkit/telemetry.py), inherited by every component: as JSON
+    # lines in logs/spans.jsonl unless TRACES_FILE says otherwise ("" for none), and to a collector.
+    # Not for the demo's stack (it calls this too): its load tests would fill a span file with hundreds of megabytes.
+    if getattr(args, "traces", False):
+        env.setdefault("TRACES_FILE", str(home / "logs" / "spans.jsonl"))
+    if getattr(args, "otlp", None):
+        env |= {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": args.otlp}
     read_fd, write_fd = os.pipe()
     command = [
         sys.executable,
@@ -554,11 +561,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--redis-url", help="use this Redis instead of starting Valkey (default: REDIS_URL if set)")
     up.add_argument(
+        "--otlp",
+        metavar="URL",
+        help="also send the API's and workers' spans to this OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318 "
+        "(Jaeger, an OpenTelemetry collector); they always go to logs/spans.jsonl",
+    )
+    up.add_argument(
         "--no-chain",
         action="store_true",
         help="serve clients from nginx directly, without the emulated edge (Cloudflare) and LB (ALB)",
     )
-    up.set_defaults(func=cmd_up)
+    up.set_defaults(func=cmd_up, traces=True)
 
     status = commands.add_parser(
         "status", help="live health of each component; exit 1 if any is unhealthy, 3 if none runs"
