@@ -71,6 +71,7 @@ COMPOSE_ONLY = {
     "alertmanager": "routes alerts to people; locally the firing alerts are on Prometheus's /alerts",
     "alert-log": "Alertmanager's receiver",
     "grafana": "dashboards; `dlkit demo` draws its own charts",
+    "jaeger": "traces; `dlkit up` writes its spans to logs/spans.jsonl, or sends them to --otlp URL",
 }
 
 

@@ -20,6 +20,7 @@ from .support import API_KEYS, initiate, poll
 
 # An hour's window: the tests' few requests never straddle two windows.
 HOUR_MS = 3_600_000
+INITIATE = "/v1/download/initiate"
 
 
 @pytest.fixture
@@ -138,3 +139,18 @@ def test_initiate_counts_its_own_limit_and_answers_429_past_it(make_app, bob_hea
         assert Queue(queue_name, connection=redis).count == 2  # the refused one was never queued
     finally:
         Queue(queue_name, connection=redis).empty()
+
+
+def test_a_bad_key_is_still_limited_by_address_on_the_self_limited_routes(make_app):
+    """The poll and initiate count known callers themselves; a bad key is counted by Flask-Limiter, by
+    address, so API keys cannot be guessed there at an unlimited rate."""
+    client = make_app(RATE_LIMIT_MAX_REQUESTS=2, RATE_LIMIT_WINDOW_MS=HOUR_MS, TRUSTED_PROXY_HOPS=0).test_client()
+    address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"  # this run's own
+    bad = {"Authorization": "Bearer not-a-key"}
+    for method, path in [("GET", "/v1/download/status/00000000-0000-4000-8000-000000000000"), ("POST", INITIATE)]:
+        answers = [
+            client.open(path, method=method, headers=bad, json={}, environ_base={"REMOTE_ADDR": address})
+            for _ in range(3)
+        ]
+        assert [r.status_code for r in answers] == [401, 401, 429], path
+        assert answers[-1].json["type"] == "urn:dlkit:problem:rate-limited"

@@ -209,10 +209,7 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
     owner = current_owner()
     res = _res()
     settings = res.settings
-    now = time.time()
-    limit_headers = _rate_limited(
-        res.store.count(res.route_limit.key("initiate", rate_limit_key(), now), res.route_limit.window_s), now
-    )
+    limit_headers = g.limit_headers  # counted before validation (_count_initiate)
     # The zip's size follows from the ids: refuse a job past the budget before anything is written.
     size = files.archive_size(body.file_ids)
     if size > settings.MAX_JOB_BYTES:
@@ -306,8 +303,26 @@ def status(path: JobPath):
 def _self_limited_routes(state) -> None:
     # The status poll and initiate count their own rate limit (_rate_limited), the poll in the round trip
     # that reads the job. A request filter, not limiter.exempt(): it skips Flask-Limiter's per-request
-    # exemption lookup too.
-    state.app.extensions["dlkit"].limiter.request_filter(lambda: request.endpoint in SELF_LIMITED)
+    # exemption lookup too. Only for known callers: a request with a bad key is still counted by
+    # Flask-Limiter, by address, so keys cannot be guessed at an unlimited rate.
+    state.app.extensions["dlkit"].limiter.request_filter(lambda: request.endpoint in SELF_LIMITED and _known_caller())
+
+
+def _known_caller() -> bool:
+    try:
+        current_owner()  # cached on g: authenticate() does not check twice
+    except Problem:
+        return False
+    return True
+
+
+@bp.before_request
+def _count_initiate() -> None:
+    """initiate's own rate limit, counted before its body is validated: a malformed request counts too."""
+    if request.endpoint == "jobs.initiate" and request.method == "POST":
+        res, now = _res(), time.time()
+        key = res.route_limit.key("initiate", rate_limit_key(), now)
+        g.limit_headers = _rate_limited(res.store.count(key, res.route_limit.window_s), now)
 
 
 # uuid: else GET /v1/download/check (or /start, /initiate) would be this route, and those paths would
