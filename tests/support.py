@@ -3,11 +3,14 @@ reading the stack's Prometheus metrics."""
 
 from __future__ import annotations
 
+import io
 import time
+import zipfile
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from dlkit import files
 from dlkit.kit.stack import Stack
 
 API_KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
@@ -79,3 +82,24 @@ def worker_urls(stack) -> list[str]:
 
 def total(urls: list[str], name: str, **labels) -> float:
     return sum(value(scrape(url), name, **labels) for url in urls)
+
+
+def finished(stack) -> float:
+    return total([api_url(stack), *worker_urls(stack)], "dlkit_jobs_finished_total")
+
+
+def wait_for_finished(stack, count: float, timeout_s: float = 30) -> None:
+    """Until `count` jobs have finished in all: the metrics are the readiness signal here, so these
+    tests do not spend the rate-limited API budget the other tests share on polling."""
+    deadline = time.monotonic() + timeout_s
+    while finished(stack) < count:
+        assert time.monotonic() < deadline, f"only {finished(stack)} of {count} jobs finished"
+        time.sleep(0.1)
+
+
+def verify_zip(content: bytes, ids: list[int]) -> None:
+    """The zip holds exactly these files, each byte for byte as the catalogue generates it."""
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        assert sorted(archive.namelist()) == sorted(files.file_name(i) for i in ids)
+        for file_id in ids:
+            assert archive.read(files.file_name(file_id)) == files.file_bytes(file_id)

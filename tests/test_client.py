@@ -5,13 +5,11 @@ answers (pure logic), and proof that it imports with nothing but httpx and the s
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import subprocess
 import sys
 import tomllib
 import uuid
-import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -20,18 +18,9 @@ import pytest
 from packaging.requirements import Requirement
 
 from dlkit import client as client_module
-from dlkit import files
 from dlkit.client import ApiError, ChecksumMismatch, DownloadClient, JobNotCompleted, Status
 
-from .support import API_KEYS, available_ids
-
-
-def verify_zip(path: Path, ids: list[int]) -> None:
-    """The zip holds exactly these files, each byte for byte as the catalogue generates it."""
-    with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
-        assert sorted(archive.namelist()) == sorted(files.file_name(i) for i in ids)
-        for file_id in ids:
-            assert archive.read(files.file_name(file_id)) == files.file_bytes(file_id)
+from .support import API_KEYS, available_ids, verify_zip
 
 
 @pytest.mark.parametrize("sse", [True, False], ids=["sse", "polling"])
@@ -48,7 +37,7 @@ def test_start_wait_with_progress_and_download_a_verified_zip(stack, tmp_path, s
     assert len({s.processed_files for s in seen}) >= 2, "progress is reported as it moves"
     assert path.stat().st_size == final.artifact_size
     assert hashlib.sha256(path.read_bytes()).hexdigest() == final.artifact_sha256
-    verify_zip(path, ids)
+    verify_zip(path.read_bytes(), ids)
     assert not (tmp_path / "files.zip.part").exists()
 
 
@@ -62,7 +51,7 @@ def test_start_with_one_idempotency_key_is_one_job_and_resumes_by_id(stack, tmp_
         assert again.start([70000], idempotency_key=key).job_id == job.job_id
         # Another process knows only the id: it follows the same job to its end and downloads it.
         final = again.wait(job.job_id)
-        verify_zip(again.download(job.job_id, tmp_path / "a.zip"), [70000])
+        verify_zip(again.download(job.job_id, tmp_path / "a.zip").read_bytes(), [70000])
     assert final.job_id == job.job_id and final.status == "completed"
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import API_KEYS, available_ids, initiate, poll
-from .test_client import verify_zip
+from .support import API_KEYS, available_ids, initiate, poll, verify_zip
 
 DLKIT = str(Path(sys.executable).parent / "dlkit")
 JOB_LINE = re.compile(r"^job ([0-9a-f-]{36}) at ")
@@ -28,7 +27,7 @@ def download(stack, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_download_writes_a_verified_zip(stack, tmp_path):
     result = download(stack, "70000", "70007", "--out", "x.zip", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    verify_zip(tmp_path / "x.zip", [70000, 70007])
+    verify_zip((tmp_path / "x.zip").read_bytes(), [70000, 70007])
     assert "verified" in result.stdout
 
 
@@ -69,7 +68,7 @@ def test_ctrl_c_leaves_the_job_running_and_resume_completes_the_same_job(slow, t
     resumed = download(slow.stack, *resume.split()[2:], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert JOB_LINE.match(resumed.stdout).group(1) == job_id
-    verify_zip(tmp_path / "x.zip", available_ids(6))
+    verify_zip((tmp_path / "x.zip").read_bytes(), available_ids(6))
 
 
 def test_ctrl_c_with_cancel_cancels_the_job(slow, tmp_path):
@@ -91,7 +90,7 @@ def test_a_finished_job_resumed_is_downloaded_at_once(alice, stack, tmp_path):
     poll(alice, job_id)
     result = download(stack, "--resume", job_id, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    verify_zip(tmp_path / f"dlkit-{job_id}.zip", [70014])
+    verify_zip((tmp_path / f"dlkit-{job_id}.zip").read_bytes(), [70014])
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from redis import Redis
 from dlkit.jobs import processing_index_key
 from dlkit.settings import Settings
 
-from .test_supervision import SCALE, Up, assert_problems, start_job, wait_end
+from .dlkit_up import SCALE, Up, assert_problems, start_job, wait_end
 
 pytestmark = pytest.mark.stack
 

@@ -20,7 +20,7 @@ from app.metrics import StorageCollector
 from dlkit.kit import ROOT
 from dlkit.storage import s3_client
 
-from .support import api_url, available_ids, initiate, scrape, total, value, worker_urls
+from .support import api_url, available_ids, finished, initiate, scrape, total, value, wait_for_finished, worker_urls
 
 pytestmark = pytest.mark.stack
 
@@ -28,19 +28,6 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 # Labels whose values come from fixed sets; anything else is a cardinality bug.
 BOUNDED_LABELS = {"route", "method", "status", "reason", "outcome", "result", "state", "le"}
 MAX_VALUES_PER_LABEL = 30
-
-
-def finished(stack) -> float:
-    return total([api_url(stack), *worker_urls(stack)], "dlkit_jobs_finished_total")
-
-
-def wait_for_finished(stack, count: float, timeout_s: float = 30) -> None:
-    """Until `count` jobs have finished in all: the metrics are the readiness signal here, so these
-    tests do not spend the rate-limited API budget the other tests share on polling."""
-    deadline = time.monotonic() + timeout_s
-    while finished(stack) < count:
-        assert time.monotonic() < deadline, f"only {finished(stack)} of {count} jobs finished"
-        time.sleep(0.1)
 
 
 def wait_until_idle(stack, timeout_s: float = 30) -> None:

@@ -20,8 +20,7 @@ import yaml
 from dlkit.kit import ROOT
 from grafana import config
 
-from .support import available_ids, client_for, initiate
-from .test_metrics import finished, wait_for_finished
+from .support import available_ids, client_for, finished, initiate, wait_for_finished
 
 PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
 # The staging edge dashboard reads staging's ALB (CloudWatch) and Cloudflare exporter: no local

@@ -10,13 +10,11 @@ than a third stack.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
 import threading
 import uuid
-import zipfile
 from pathlib import Path
 
 import httpx
@@ -24,10 +22,9 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
-from dlkit import files
 from dlkit.settings import Settings
 
-from .support import API_KEYS, available_ids
+from .support import API_KEYS, available_ids, verify_zip
 
 pytestmark = pytest.mark.stack
 
@@ -100,13 +97,6 @@ def start(page: Page, ids: list[int]) -> str:
 
 def newest_job(client: httpx.Client) -> str:
     return client.get("/v1/downloads", params={"limit": 1}).json()["jobs"][0]["jobId"]
-
-
-def verify_zip(content: bytes, ids: list[int]) -> None:
-    archive = zipfile.ZipFile(io.BytesIO(content))
-    assert sorted(archive.namelist()) == sorted(files.file_name(i) for i in ids)
-    for file_id in ids:
-        assert archive.read(files.file_name(file_id)) == files.file_bytes(file_id)
 
 
 def test_page_is_served_with_a_strict_csp_cors_and_no_rate_limit(stack):

@@ -144,7 +144,10 @@ class Samples:
         """Fold every counter and histogram file not written by `keep_pid` into `<type>_archive.db`.
 
         Call only while no horse is running (between jobs): the files folded are then final.
-        prometheus-client has no public API for this; MmapedDict is the format its own files use.
+        prometheus-client has no public API for this, and declines a general one (a pid may be reused
+        while another process writes: prometheus/client_python#204, #518). Here only this worker folds,
+        under the lock its scrapes take, and only files of horses it has reaped, so neither can happen.
+        MmapedDict is the format of prometheus-client's own files; pinned below 1.0 in pyproject.toml.
         """
         with self.lock:
             for kind in ("counter", "histogram"):
