@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -66,6 +68,21 @@ class Up:
                 return time.monotonic() - started
             time.sleep(0.2)
         raise AssertionError(f"{component} not back within {within_s} s: {self.dlkit('status').stdout}")
+
+
+@contextmanager
+def started(home: Path, workers: int, **env: str) -> Iterator[Up]:
+    """`dlkit up` at SCALE with `workers` and `env`; `dlkit down` after. The stack's client is `.client`."""
+    stack = Up(home)
+    stack.env.update(env)
+    result = stack.dlkit("up", "--time-scale", str(SCALE), "--workers", str(workers))
+    assert result.returncode == 0, result.stdout + result.stderr
+    try:
+        with httpx.Client(base_url=stack.state()["entry"], timeout=10) as client:
+            stack.client = client
+            yield stack
+    finally:
+        stack.dlkit("down")
 
 
 def start_job(client: httpx.Client, start: int) -> str:

@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import psutil
 import pytest
 
-from .dlkit_up import SCALE, Up, assert_problems, completes, start_job, wait_end, wait_running
+from .dlkit_up import assert_problems, completes, start_job, started, wait_end, wait_running
 
 pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory):
-    stack = Up(tmp_path_factory.mktemp("supervised"))
     # A lost job ends at once (failed), not re-run: a 6 s re-run would not end within these tests' windows.
     # Re-queueing is tested in test_lost_jobs.py.
-    stack.env["JOB_MAX_ATTEMPTS"] = "1"
-    result = stack.dlkit("up", "--time-scale", str(SCALE), "--workers", "2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    try:
-        with httpx.Client(base_url=stack.state()["entry"], timeout=10) as client:
-            stack.client = client
-            yield stack
-    finally:
-        stack.dlkit("down")
+    with started(tmp_path_factory.mktemp("supervised"), 2, JOB_MAX_ATTEMPTS="1") as stack:
+        yield stack
 
 
 def test_workers_survive_a_valkey_kill_and_every_job_ends(up):
