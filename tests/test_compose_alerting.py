@@ -62,6 +62,7 @@ def test_prometheus_alerts_go_to_alertmanager_and_alertmanager_to_alert_log(serv
     assert f"http://127.0.0.1:{port}/" in " ".join(log["healthcheck"]["test"])
 
 
+@pytest.mark.slow  # two servers and Alertmanager's own notification schedule: about 10 s
 @needs_alertmanager
 def test_an_alert_sent_to_alertmanager_is_printed_by_alert_log(tmp_path):
     base = free_base_port()
