@@ -80,11 +80,30 @@ def test_a_layer_row_reads_the_cut_share_and_the_clients_status():
             _entry("JOB", "time-to-file", 20),
         ]
     )
-    expected = {"layer": "lb", "timeout_s": 60.0, "share": 0.5455}
-    row = layer_figures("lb", run, expected)
+    expected = {"layer": "lb", "timeout_s": 60.0, "share": 0.5455, "delays_s": (10.0, 120.0)}
+    row = layer_figures("lb", run, expected, scale=0.02)
     assert row["requests"] == 1000 and row["timeout_share_measured"] == 0.55
     assert row["client_status"] == 504 == row["client_status_expected"]
     assert row["polling_errors"] == 0 and row["polling_downloads"] == 20
+    # No download's overhead measured: the band is the theory alone.
+    assert row["chain_overhead_ms"] is None and row["timeout_share_expected_with_overhead"] == 0.5455
+    assert row["deviation_points"] == 0.5
+
+
+def test_the_chains_overhead_widens_a_proxy_rows_expectation_but_not_the_apps():
+    # 450 downloads arrived, each 22 ms slower than the app's own time: 22 ms at scale 0.02 is 1.1 s of
+    # 'download' against the lb's 60 s, so up to (120 - 58.9) / 110 = 55.5 % may be cut.
+    overhead = {**_entry("CHAIN", "overhead", 450), "total_response_time": 450 * 22.0}
+    run = _run([_entry("POST", "start [200]", 430), _entry("POST", "start [504 lb]", 570, 570), overhead])
+    row = layer_figures("lb", run, {"layer": "lb", "timeout_s": 60.0, "share": 0.5455, "delays_s": (10.0, 120.0)}, 0.02)
+    assert row["chain_overhead_ms"] == 22.0
+    assert row["timeout_share_expected_with_overhead"] == round((120 - 58.9) / 110, 4)
+    assert row["deviation_points"] == round(100 * (0.57 - (120 - 58.9) / 110), 1) == 1.5
+    # The app's timer starts in the handler: nothing below it to add.
+    app = layer_figures(
+        "app", run, {"layer": "app", "timeout_s": 30.0, "share": 0.8182, "delays_s": (10.0, 120.0)}, 0.02
+    )
+    assert app["timeout_share_expected_with_overhead"] == 0.8182
 
 
 def test_each_layer_config_makes_that_layer_the_tightest(tmp_path):

@@ -183,8 +183,10 @@ def check_demo_summary(summary: dict) -> None:
         assert row["client_status"] == {"edge": 524}.get(name, 504), row
         assert row["by_outcome"].keys() <= {"200", f"{row['client_status']} {name}"}, row
         assert row["timeout_share_expected"] == pytest.approx((120 - row["timeout_s"]) / 110, abs=1e-3)
-        # Binomial noise on a few hundred requests, plus the chain's own latency: 5 points.
-        assert abs(row["timeout_share_measured"] - row["timeout_share_expected"]) <= 0.05, row
+        # Outside [theory, theory with the chain's measured overhead] by binomial noise alone: about
+        # 1 point (1 sigma) on this many requests. 5 points: a CI run never fails on chance.
+        assert row["timeout_share_expected"] <= row["timeout_share_expected_with_overhead"], row
+        assert row["deviation_points"] <= 5, row
         # Polling through the same chain: every download arrives, verified. A status poll that waits
         # behind the sync load past nginx's scaled floor (1 s; 5 s in production) is a 504 the real
         # chain would not give: rare, counted, and bounded here.
