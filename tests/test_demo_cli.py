@@ -96,7 +96,7 @@ def test_the_chains_overhead_widens_a_proxy_rows_expectation_but_not_the_apps():
     overhead = {**_entry("CHAIN", "overhead", 450), "total_response_time": 450 * 22.0}
     run = _run([_entry("POST", "start [200]", 430), _entry("POST", "start [504 lb]", 570, 570), overhead])
     row = layer_figures("lb", run, {"layer": "lb", "timeout_s": 60.0, "share": 0.5455, "delays_s": (10.0, 120.0)}, 0.02)
-    assert row["chain_overhead_ms"] == 22.0
+    assert row["chain_overhead_ms"] == 22.0 and row["polling_requests"] == 0  # not a polling request
     assert row["timeout_share_expected_with_overhead"] == round((120 - 58.9) / 110, 4)
     assert row["deviation_points"] == round(100 * (0.57 - (120 - 58.9) / 110), 1) == 1.5
     # The app's timer starts in the handler: nothing below it to add.

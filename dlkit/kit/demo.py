@@ -677,7 +677,7 @@ def layer_figures(layer: str, run: Run, expected: dict[str, Any], scale: float) 
     # The status the client got from the cutting layer: the most frequent failed outcome.
     top = max(cut, key=cut.get) if cut else None
     client_status = int(top.split()[0]) if top and top.split()[0].isdigit() else None
-    polling = [e for e in run.entries if not e["name"].startswith("start [")]
+    polling = [e for e in run.entries if not e["name"].startswith("start [") and e["method"] != "CHAIN"]
     ttf = run.row("time-to-file", "JOB") or {"num_requests": 0, "num_failures": 0}
     never = sum(r["num_requests"] for r in run.rows("JOB", "job ["))
     overhead_ms = chain_overhead_ms(run)
