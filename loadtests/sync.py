@@ -8,6 +8,7 @@ the answer to "who cut my download?":
     POST  start [504 app]        the app's REQUEST_TIMEOUT_MS fired (30 s in production)
     POST  start [504 nginx]      a proxy layer cut it (X-Dlkit-Layer: nginx, lb, edge -> 524)
     POST  start [client timeout] this client gave up first
+    CHAIN overhead               per arrived download: the client's time minus the app's own
 
 Anything but 200 is a failure. With downloads uniform on 10-120 s and the tightest timeout T,
 the cut share is (120 - T) / 110: 81.8 % with the shipped configs (the app at 30 s).
