@@ -11,10 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from dlkit import exemplars
+from dlkit.kit import ROOT
 
 from .conftest import start_stack
 from .support import api_url, available_ids, client_for, initiate, poll, worker_urls
@@ -186,3 +188,24 @@ def test_tracing_off_no_exemplars_and_no_files(stack):
     ]:
         assert _bucket_exemplars(url, metric) == [], url
     assert not list((stack.home / "metrics").glob("*/exemplars_*")), "exemplar files written with tracing off"
+
+
+# --- Grafana: the points lead to Jaeger ----------------------------------------------------------
+
+
+def test_grafana_shows_exemplars_and_sends_their_trace_ids_to_jaeger():
+    provisioning = ROOT / "grafana" / "provisioning" / "datasources"
+    datasources = {
+        source["uid"]: source
+        for path in provisioning.glob("*.yml")
+        for source in yaml.safe_load(path.read_text())["datasources"]
+    }
+    (destination,) = datasources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert destination["name"] == "trace_id"  # the exemplar label dlkit/exemplars.py writes
+    assert datasources[destination["datasourceUid"]]["type"] == "jaeger"
+    board = json.loads((ROOT / "grafana" / "dashboards" / "dlkit-jobs.json").read_text())
+    with_exemplars = {
+        panel["title"] for panel in board["panels"] if any(t.get("exemplar") for t in panel.get("targets", []))
+    }
+    assert with_exemplars == {"Queue wait p50 / p95", "Time to file p50 / p95 / p99"}
+    assert any(link.get("url", "").startswith("http://127.0.0.1:16686/search?") for link in board["links"])
