@@ -15,7 +15,7 @@ import yaml
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from dlkit import exemplars
+from dlkit import exemplars, multiproc
 from dlkit.kit import ROOT
 
 from .conftest import start_stack
@@ -68,6 +68,19 @@ def test_fold_keeps_the_newest_and_removes_the_dead_files(tmp_path):
     # Folding again, with nothing dead, changes nothing.
     exemplars.fold(str(tmp_path), keep_pid=99)
     assert exemplars.read([str(tmp_path / "exemplars_archive.json")]) == rows
+
+
+def test_a_new_run_starts_without_the_previous_runs_exemplars(tmp_path):
+    for name in (
+        "exemplars_11.json",
+        "exemplars_archive.json",
+        "exemplars_11.json.11.tmp",
+        "counter_11.db",
+        "notes.txt",
+    ):
+        (tmp_path / name).write_text("[]")
+    multiproc.remove_previous_run(str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 # --- the real stack --------------------------------------------------------------------------------
