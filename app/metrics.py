@@ -27,12 +27,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.exposition import choose_encoder
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
-from dlkit import accounting, queue_state
+from dlkit import accounting, exemplars, queue_state
 from dlkit.jobs import Job, JobStatus, JobStore, Transition
 from dlkit.metrics import JOBS_FINISHED
 
@@ -167,17 +167,29 @@ def _count_download(job: Job) -> None:
 
 def metrics_view() -> Response:
     res = current_app.extensions["dlkit"]
-    queue_state = CollectorRegistry()  # no auto_describe: registering must not read Redis twice
-    queue_state.register(QueueCollector(res.redis, res.settings.QUEUE_NAME))
-    queue_state.register(StorageCollector(res.s3, res.settings.S3_BUCKET_NAME))
+    scrape = CollectorRegistry()  # no auto_describe: registering must not read Redis twice
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        # A fresh registry per scrape: MultiProcessCollector reads every worker's files now.
-        processes = CollectorRegistry()
-        MultiProcessCollector(processes)
+        # A fresh collector per scrape reads every worker's files now, exemplars included.
+        scrape.register(exemplars.Collector(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     else:
-        processes = REGISTRY
-    body = generate_latest(processes) + generate_latest(queue_state)
-    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+        scrape.register(_Default())
+    scrape.register(QueueCollector(res.redis, res.settings.QUEUE_NAME))
+    scrape.register(StorageCollector(res.s3, res.settings.S3_BUCKET_NAME))
+    # OpenMetrics (the only format with exemplars) when the scraper asks for it, as Prometheus does;
+    # the Prometheus text format otherwise.
+    accept = request.headers.get("Accept", "")
+    if "application/openmetrics-text" in accept:
+        encode, content_type = choose_encoder(accept)
+    else:
+        encode, content_type = generate_latest, CONTENT_TYPE_LATEST
+    return Response(encode(scrape), content_type=content_type)
+
+
+class _Default:
+    """prometheus-client's default registry (one process), inside the scrape's registry."""
+
+    def collect(self):
+        return REGISTRY.collect()
 
 
 def install(app: Flask) -> None:
@@ -199,7 +211,8 @@ def install(app: Flask) -> None:
         route, method = _route(), request.method
         HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
         if started is not None:
-            HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+            # With the request's trace id as its exemplar when the request is traced (dlkit/exemplars.py).
+            exemplars.observe(HTTP_DURATION, time.perf_counter() - started, HTTP_BUCKETS, route=route, method=method)
         if route == DOWNLOAD_ROUTE and response.status_code == 302:
             _count_download(g.job)  # the job the route answered for (app/routes/jobs.py)
         return response

@@ -156,6 +156,9 @@ class Problem(BaseModel):
     detail: str | None = None
     instance: str | None = None
     requestId: str | None = None
+    traceId: str | None = Field(
+        None, description="The request's trace id (32 hex digits) when it was traced and sampled (docs/tracing.md)"
+    )
     layer: str | None = Field(None, description="The proxy that answered (nginx, lb, edge); absent from the API")
     errors: list[FieldError] | None = Field(None, description="What did not validate (400)")
 

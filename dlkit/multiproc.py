@@ -23,7 +23,9 @@ def choose_directory(prefix: str) -> str:
 
 def remove_previous_run(directory: str) -> None:
     """A previous run's files would be summed into this run's counters: start from zero. Only
-    prometheus-client's own *.db files are removed, in case the variable points somewhere shared."""
+    prometheus-client's own *.db files and the exemplar files (dlkit/exemplars.py) are removed, in
+    case the variable points somewhere shared."""
     os.makedirs(directory, exist_ok=True)
-    for path in glob.glob(os.path.join(directory, "*.db")):
-        os.remove(path)
+    for pattern in ("*.db", "exemplars_*.json", "exemplars_*.tmp"):
+        for path in glob.glob(os.path.join(directory, pattern)):
+            os.remove(path)

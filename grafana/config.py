@@ -15,6 +15,19 @@ RULES_URL = f"{REPOSITORY_URL}/infra/prometheus/rules.yml"
 STAGING_DOC_URL = f"{REPOSITORY_URL}/docs/monitoring-staging.md"
 
 
+# Jaeger's UI (compose publishes it here; docs/tracing.md): the jobs dashboard links to its search.
+JAEGER_URL = "http://127.0.0.1:16686"
+
+
+def jaeger_search(operation: str, service: str = "dlkit-worker", min_duration: str | None = None) -> str:
+    """Jaeger's search page for the spans `operation` of `service` of the last hour (slower than
+    `min_duration`, e.g. "150s", if given)."""
+    query = f"service={service}&operation={operation}&lookback=1h" + (
+        f"&minDuration={min_duration}" if min_duration else ""
+    )
+    return f"{JAEGER_URL}/search?{query}"
+
+
 def runbook_url(alert: str) -> str:
     """The runbook section of an alert: GitHub's anchor of `## AlertName` is the lower-cased name."""
     return f"{RUNBOOK_BASE_URL}#{alert.lower()}"

@@ -54,6 +54,7 @@ RATE = "$__rate_interval"
 HTTP = "dlkit_http_requests_total"
 CLOUDFLARE = "cloudflare_zone_requests_status"  # lablabs/cloudflare-exporter: requests by zone and edge status
 SLO_ROUTES = "|".join(config.SLO_ROUTES)
+EXEMPLARS = "The dots are exemplars: one traced job per bucket; click one for its trace (service dlkit-worker)."
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class Bad:
 class Q:
     expr: str
     legend: str
+    # Also ask Prometheus for the exemplars of the histogram under the query: a dot per traced
+    # observation, whose trace_id opens the trace in Jaeger (the datasource's exemplarTraceIdDestinations).
+    exemplars: bool = False
 
 
 def _links(bad: Bad | None) -> list[build.DashboardLink]:
@@ -97,10 +101,13 @@ def _thresholds(bad: Bad | None) -> build.ThresholdsConfig:
 
 
 def _targets(queries: list[Q], datasource=PROMETHEUS) -> list[prometheus.Dataquery]:
-    return [
-        prometheus.Dataquery().ref_id(chr(ord("A") + i)).datasource(datasource).expr(q.expr).legend_format(q.legend)
-        for i, q in enumerate(queries)
-    ]
+    targets = []
+    for i, q in enumerate(queries):
+        target = prometheus.Dataquery().ref_id(chr(ord("A") + i)).datasource(datasource).expr(q.expr)
+        if q.exemplars:
+            target = target.exemplar(True)
+        targets.append(target.legend_format(q.legend))
+    return targets
 
 
 def graph(
@@ -189,6 +196,7 @@ def dashboard(
     panels: list,
     variables: list = (),
     datasources: tuple[str, ...] = ("prometheus",),
+    links: list[build.DashboardLink] = (),
 ) -> dict:
     """The dashboard as Grafana's JSON model: panels two to a row, ids in order, the datasource
     variables first (each defaulting to its `__inputs` entry), dashboard links to the other dlkit
@@ -215,6 +223,8 @@ def dashboard(
         .link(build.DashboardLink("Alert rules").url(config.ALERTS_URL).icon("bolt").target_blank(True))
         .link(build.DashboardLink("Recording rules").url(config.RULES_URL).icon("doc").target_blank(True))
     )
+    for link in links:
+        board = board.link(link)
     for kind in datasources:
         name = "datasource" if kind == "prometheus" else kind
         board = board.with_variable(
@@ -280,9 +290,11 @@ def service() -> dict:
                         f"histogram_quantile({q}, sum by (route, le) "
                         f"(rate(dlkit_http_request_duration_seconds_bucket{{{sel}}}[{RATE}])))",
                         f"p{int(q * 100)} {{{{route}}}}",
+                        exemplars=q == 0.5,  # one query's are enough: every quantile has the same
                     )
                     for q in (0.5, 0.95, 0.99)
                 ],
+                description="The dots are exemplars: one traced request per bucket; click one for its trace.",
             ),
             graph(
                 "Availability error ratio (SLO 99.9 %), 1h window",
@@ -350,21 +362,23 @@ def jobs() -> dict:
                     Q(
                         f"histogram_quantile({q}, sum by (le) (rate(dlkit_job_queue_wait_seconds_bucket[{RATE}])))",
                         f"p{int(q * 100)}",
+                        exemplars=q == 0.5,
                     )
                     for q in (0.5, 0.95)
                 ],
                 bad=Bad(config.QUEUE_AGE_BAD_SECONDS, "DlkitQueueBackingUp"),
+                description=EXEMPLARS,
             ),
             graph(
                 "Time to file p50 / p95 / p99",
                 "s",
                 [
-                    Q(f"histogram_quantile({q}, sum by (le) (rate({ttf}[{RATE}])))", f"p{int(q * 100)}")
+                    Q(f"histogram_quantile({q}, sum by (le) (rate({ttf}[{RATE}])))", f"p{int(q * 100)}", q == 0.5)
                     for q in (0.5, 0.95, 0.99)
                 ],
                 bad=Bad(config.TIME_TO_FILE_SECONDS, "DlkitTimeToFileErrorBudgetBurn"),
                 description=f"The SLO: {config.TIME_TO_FILE_OBJECTIVE:.0%} of jobs deliver within "
-                f"{config.TIME_TO_FILE_SECONDS} s (the dashed line).",
+                f"{config.TIME_TO_FILE_SECONDS} s (the dashed line). {EXEMPLARS}",
             ),
             graph(
                 "Oldest queued job",
@@ -400,6 +414,17 @@ def jobs() -> dict:
                 [Q("max without (instance) (dlkit_jobs_processing_max_heartbeat_age_seconds)", "age")],
                 bad=Bad(config.HEARTBEAT_AGE_BAD_SECONDS, "DlkitJobsStuckProcessing"),
             ),
+        ],
+        links=[
+            # Jaeger's own search: every job's span (tag download.jobId=<id> finds one job), and the slow ones.
+            build.DashboardLink("Job traces (Jaeger)")
+            .url(config.jaeger_search("download.job"))
+            .icon("external link")
+            .target_blank(True),
+            build.DashboardLink(f"Jobs over {config.TIME_TO_FILE_SECONDS} s (Jaeger)")
+            .url(config.jaeger_search("download.job", min_duration=f"{config.TIME_TO_FILE_SECONDS}s"))
+            .icon("external link")
+            .target_blank(True),
         ],
     )
 
@@ -554,9 +579,11 @@ def workers() -> dict:
                     Q(
                         f"histogram_quantile({q}, sum by (le) (rate(dlkit_job_run_seconds_bucket{{{inst}}}[{RATE}])))",
                         f"p{int(q * 100)}",
+                        exemplars=q == 0.5,
                     )
                     for q in (0.5, 0.95)
                 ],
+                description=EXEMPLARS,
             ),
             single(
                 "Worker targets up",

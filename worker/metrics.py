@@ -24,10 +24,9 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.multiprocess import MultiProcessCollector
 from rq import Worker, get_current_job
 
-from dlkit import accounting
+from dlkit import accounting, exemplars
 from dlkit.jobs import Job, JobStatus, Transition
 from dlkit.metrics import INTERNAL_ERROR as INTERNAL_ERROR  # re-exported for worker/tasks.py
 from dlkit.metrics import JOB_FAILURES, JOBS_FINISHED
@@ -69,7 +68,8 @@ ARTIFACT_BYTES = Counter("dlkit_worker_artifact_bytes_total", "Bytes of complete
 
 
 def job_started(job: Job) -> None:
-    QUEUE_WAIT.observe(max(0.0, job.started_at - job.created_at))
+    # Each job histogram with the job's trace id as its exemplar when the job is traced (dlkit/exemplars.py).
+    exemplars.observe(QUEUE_WAIT, max(0.0, job.started_at - job.created_at), JOB_BUCKETS)
 
 
 def job_skipped() -> None:
@@ -88,8 +88,9 @@ def job_completed(job: Job, done: Transition, size: int) -> None:
     now = time.time()
     JOBS_FINISHED.labels(JobStatus.COMPLETED.value).inc()
     WORKER_JOBS.labels("completed").inc()
-    RUN_TIME.observe(max(0.0, now - job.started_at))
-    TIME_TO_FILE.observe(max(0.0, now - job.created_at))
+    exemplars.observe(RUN_TIME, max(0.0, now - job.started_at), JOB_BUCKETS)
+    exemplars.observe(TIME_TO_FILE, max(0.0, now - job.created_at), JOB_BUCKETS)
+    exemplars.flush()  # the horse leaves with os._exit, before any timer would write them
     ARTIFACT_BYTES.inc(size)
     # Backend accounting (dlkit/accounting.py), in the job's own Redis: the horse's RQ connection.
     queue_wait = max(0.0, job.started_at - job.created_at)
@@ -104,7 +105,8 @@ def job_failed(job: Job, failed: Transition, reason: str) -> None:
     JOBS_FINISHED.labels(JobStatus.FAILED.value).inc()
     JOB_FAILURES.labels(reason).inc()
     WORKER_JOBS.labels("failed").inc()
-    RUN_TIME.observe(max(0.0, time.time() - job.started_at))
+    exemplars.observe(RUN_TIME, max(0.0, time.time() - job.started_at), JOB_BUCKETS)
+    exemplars.flush()
 
 
 def job_stopped() -> None:
@@ -134,14 +136,15 @@ class Samples:
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.lock = threading.Lock()
-        self._files = MultiProcessCollector(None, path=directory)
+        self._files = exemplars.Collector(directory)  # bucket samples with their exemplars
 
     def collect(self):
         with self.lock:
             yield from self._files.collect()
 
     def compact(self, keep_pid: int) -> None:
-        """Fold every counter and histogram file not written by `keep_pid` into `<type>_archive.db`.
+        """Fold every counter and histogram file not written by `keep_pid` into `<type>_archive.db`
+        (and the exemplar files likewise, dlkit/exemplars.py).
 
         Call only while no horse is running (between jobs): the files folded are then final.
         prometheus-client has no public API for this, and declines a general one (a pid may be reused
@@ -165,6 +168,7 @@ class Samples:
                         os.remove(path)
                 finally:
                     archive.close()
+            exemplars.fold(self.directory, keep_pid)
 
 
 class _WorkerState:

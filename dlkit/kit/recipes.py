@@ -316,6 +316,8 @@ def prometheus(site: Site, workers: int, proxies: list[str]) -> Component:
             f"--config.file={home / 'prometheus.yml'}",
             f"--storage.tsdb.path={home / 'data'}",
             f"--web.listen-address={HOST}:{port}",
+            # Keep the exemplars (trace ids) the API and workers attach to histogram buckets.
+            "--enable-feature=exemplar-storage",
         ]
         return HTTPExecutor(command, url=f"{url}/-/ready", status=200, method="GET", request_timeout=2, **kwargs)
 
