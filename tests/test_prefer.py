@@ -21,6 +21,7 @@ import pytest
 from redis import Redis
 
 from app.routes.jobs import parse_prefer, wait_preference
+from dlkit.client import DownloadClient
 from dlkit.kit.audit import audit
 from dlkit.kit.chain import local_seconds
 from dlkit.kit.stack import Stack, free_base_port
@@ -28,7 +29,7 @@ from dlkit.kit.timeouts import FILES, INITIATE_ROUTE, NGINX_CONF, ROOT, SETTINGS
 from dlkit.settings import Settings
 
 from .conftest import STACK_ENV
-from .support import TERMINAL, available_ids, client_for, verify_zip
+from .support import API_KEYS, TERMINAL, available_ids, client_for, verify_zip
 
 SCALE = 0.2
 CAP_S = Settings().PREFER_WAIT_MAX_S
@@ -348,3 +349,17 @@ def test_at_time_scale_002_the_wait_stays_under_the_scaled_load_balancer(slow):
         assert r.headers["Preference-Applied"] == f"respond-async, wait={cap:g}"
         assert cap <= took < cap + SLACK_S
         client.post(f"/v1/download/cancel/{r.json()['jobId']}")  # free the slow stack's worker
+
+
+@pytest.mark.stack
+def test_the_python_client_starts_with_a_wait_and_downloads_without_polling(kit, tmp_path):
+    ids = available_ids(2, start=77_000)
+    with DownloadClient(kit.entry, api_key=API_KEYS["alice"], sleep=_no_sleep) as client:
+        job = client.start(ids, wait=4)
+        assert job.is_terminal and job.status == "completed"
+        client.download(job, tmp_path / "files.zip")  # the status it has is enough: verified, no poll
+    verify_zip((tmp_path / "files.zip").read_bytes(), ids)
+
+
+def _no_sleep(seconds: float) -> None:
+    raise AssertionError(f"the client slept {seconds} s: it should not have needed to poll or retry")
