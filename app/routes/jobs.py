@@ -334,29 +334,26 @@ def _preferred(job: Job, location: str, headers: dict[str, str]) -> tuple[dict, 
     preferences = parse_prefer(request.headers.getlist("Prefer"))
     wanted = wait_preference(preferences)
     applied = ["respond-async"] if "respond-async" in preferences else []
-    if wanted is None:
-        if applied:
-            headers["Preference-Applied"] = ", ".join(applied)
-        return None
-    res = _res()
-    wait_s = min(wanted, res.settings.prefer_wait_max_s)
-    final, waited = job, False
-    if not job.status.is_terminal and wait_s > 0:  # a replay of a finished job needs no wait
-        waiters = current_app.extensions[WAITERS]
-        if waiters.acquire(blocking=False):
-            try:
-                final = res.store.wait_terminal(job.id, wait_s, res.settings.REDIS_SOCKET_TIMEOUT_S / 2) or job
-                waited = True
-            finally:
-                waiters.release()
-    if final.status.is_terminal:
-        # As the status route answers, but 200 for a cancelled job too: this request (create a job)
-        # succeeded, and the document says how the job ended; 410 would say initiate is gone.
-        headers.pop("Retry-After", None)
-        headers.update({"Content-Location": location, "Preference-Applied": f"wait={wait_s:g}"})
-        return _document(final), 200, headers
-    if waited:
-        applied.append(f"wait={wait_s:g}")
+    if wanted is not None:
+        res = _res()
+        wait_s = min(wanted, res.settings.prefer_wait_max_s)
+        final, waited = job, False
+        if not job.status.is_terminal and wait_s > 0:  # a replay of a finished job needs no wait
+            waiters = current_app.extensions[WAITERS]
+            if waiters.acquire(blocking=False):
+                try:
+                    final = res.store.wait_terminal(job.id, wait_s, res.settings.REDIS_SOCKET_TIMEOUT_S / 2) or job
+                    waited = True
+                finally:
+                    waiters.release()
+        if final.status.is_terminal:
+            # As the status route answers, but 200 for a cancelled job too: this request (create a job)
+            # succeeded, and the document says how the job ended; 410 would say initiate is gone.
+            headers.pop("Retry-After", None)
+            headers.update({"Content-Location": location, "Preference-Applied": f"wait={wait_s:g}"})
+            return _document(final), 200, headers
+        if waited:
+            applied.append(f"wait={wait_s:g}")
     if applied:
         headers["Preference-Applied"] = ", ".join(applied)
     return None

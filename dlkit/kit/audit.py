@@ -3,9 +3,8 @@
 Reads the real config files (dlkit/kit/timeouts.py) and reports findings, each with the numbers and the
 file:line of every setting involved:
 
-- error: a setting that breaks requests that should work (keep-alive races, cut event streams, a `Prefer:
-  wait` on initiate longer than a timeout on its path, a
-  sync gunicorn worker killed mid-request);
+- error: a setting that breaks requests that should work (keep-alive races, cut event streams, a
+  sync gunicorn worker killed mid-request, a `Prefer: wait` cap not below every timeout on initiate's path);
 - warning: a setting that degrades the fix (status polls that outwait the poll interval);
 - expected: the legacy synchronous route being cut, which the kit keeps on purpose to reproduce the
   problem. It does not fail the audit.
