@@ -65,8 +65,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
             "RateLimit-Remaining",
             "RateLimit-Reset",
             "Idempotent-Replayed",
+            "Preference-Applied",
+            "Content-Location",
         ],
-        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID", "Prefer"],
     )
     register_error_handlers(app)
 

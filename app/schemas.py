@@ -60,6 +60,19 @@ INITIATE_NOTES = {
 }
 
 
+# initiate's 200: with `Prefer: wait=N`, a job that ended within the wait.
+INITIATE_FINISHED = {
+    "description": "With `Prefer: wait=N`, the job ended within the wait: its final status document, as the "
+    "status route answers it (`downloadUrl` once completed), but 200 for every final status, `cancelled` "
+    "included (the job was created; the document says how it ended).",
+    "headers": {
+        "Content-Location": {"description": "The status URL: this document is its state", "schema": {"type": "string"}},
+        "Preference-Applied": {"description": "`wait=<seconds waited at most>`", "schema": {"type": "string"}},
+    },
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobStatusResponse"}}},
+}
+
+
 class InitiateHeaders(BaseModel):
     idempotency_key: str | None = Field(
         None,
@@ -68,6 +81,15 @@ class InitiateHeaders(BaseModel):
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
         description="Same key and body from the same caller returns the same job; another body is 422.",
+    )
+    prefer: str | None = Field(
+        None,
+        alias="Prefer",
+        description="RFC 7240. `respond-async, wait=N`: wait up to N seconds for the job to end and answer "
+        "200 with its final status document; past the wait, 202 as without it. The wait is capped at "
+        "PREFER_WAIT_MAX_S (4 s), below every proxy timeout on this route; a busy API process (more than "
+        "PREFER_MAX_WAITERS waiting) answers 202 at once. Unknown or malformed preferences are ignored. "
+        "For jobs that end in a few seconds (a few ids); not a substitute for polling.",
     )
 
 

@@ -169,12 +169,17 @@ class DownloadClient:
 
     # -- the job ---------------------------------------------------------------------------
 
-    def start(self, file_ids: list[int], idempotency_key: str | None = None) -> Status:
-        """Initiate a job for `file_ids`; retried safely under one Idempotency-Key (generated if not given)."""
-        key = idempotency_key or str(uuid.uuid4())
-        response = self._call(
-            "POST", "/v1/download/initiate", json={"file_ids": list(file_ids)}, headers={"Idempotency-Key": key}
-        )
+    def start(self, file_ids: list[int], idempotency_key: str | None = None, wait: int | None = None) -> Status:
+        """Initiate a job for `file_ids`; retried safely under one Idempotency-Key (generated if not given).
+
+        `wait`: let the API hold the call up to that many seconds (`Prefer: respond-async, wait=N`, which
+        the API caps at a few seconds) for the job to end; the status returned is then terminal when it
+        did, so a small job needs no polling. Otherwise follow it with wait() as usual.
+        """
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        if wait is not None:
+            headers["Prefer"] = f"respond-async, wait={wait}"
+        response = self._call("POST", "/v1/download/initiate", json={"file_ids": list(file_ids)}, headers=headers)
         return Status.from_document(response.json())
 
     def status(self, job: JobRef) -> Status:

@@ -440,6 +440,28 @@ class JobStore:
             changes.append((entry_id.decode(), Job.from_hash({**record, "fileIds": file_ids})))
         return changes
 
+    def wait_terminal(self, job_id: str, timeout_s: float, block_s: float) -> Job | None:
+        """The job's record once it is terminal, or as it is after `timeout_s` (None: no such job).
+
+        Blocks on the job's event log (XREAD BLOCK from its last entry, so no change between the read
+        and the wait is missed), in slices of at most `block_s`: keep that under the client's socket
+        timeout. No sleep, no polling: each slice returns as soon as the job changes.
+        """
+        deadline = time.monotonic() + timeout_s
+        latest = self.latest(job_id)
+        if latest is None:
+            return None
+        last_id, job = latest
+        while not job.status.is_terminal:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            block_ms = max(1, int(min(left, block_s) * 1000))
+            for _stream, entries in self.redis.xread({event_log_key(job_id): last_id}, block=block_ms) or ():
+                last_id = entries[-1][0]
+                job = self.get(job_id) or job
+        return job
+
     def get_counted(self, job_id: str, counter_key: str, counter_ttl_s: int) -> tuple[Job | None, int]:
         """The job, and `counter_key` incremented, in one round trip: a status poll reads its job and
         counts against its client's rate limit together. The counter expires `counter_ttl_s` after its

@@ -86,6 +86,16 @@ class Settings(BaseSettings):
     # drawn at random (about 1 in 7 is available: ~143 files of at most 1 MiB), so ordinary requests never
     # meet it, and it refuses the all-available 1000-id request (up to 1 GiB and a minute of a worker).
     MAX_JOB_BYTES: int = Field(256 * 1024 * 1024, gt=0)
+    # `Prefer: wait=N` on initiate (RFC 7240): initiate holds the request at most this long for its job
+    # to end, then answers 202 as without it. Real seconds, below the tightest read timeout on
+    # initiate's path: nginx's 5 s in `location = /v1/download/initiate` (a request-handling guard,
+    # which the local chain keeps unscaled too). `dlkit audit` fails when it is not below every timeout
+    # on that path (dlkit/kit/audit.py). prefer_wait_max_s says how TIME_SCALE applies.
+    PREFER_WAIT_MAX_S: float = Field(4, ge=0)
+    # Requests waiting so in one API process, each holding a gunicorn thread (and a Redis connection)
+    # for up to PREFER_WAIT_MAX_S: past it the preference is ignored and initiate answers 202 at once.
+    # 4 of gunicorn's 16 threads, so that waiting clients never starve the polls. 0 turns waiting off.
+    PREFER_MAX_WAITERS: int = Field(4, ge=0)
 
     # Tracing and error tracking (dlkit/telemetry.py), all off when empty. The sampler, the service
     # name and the exporter's other options are the SDK's own OTEL_* variables, read by it.
@@ -128,6 +138,14 @@ class Settings(BaseSettings):
     @property
     def sse_max_stream_s(self) -> float:
         return self.scaled(self.SSE_MAX_STREAM_S)
+
+    @property
+    def prefer_wait_max_s(self) -> float:
+        # PREFER_WAIT_MAX_S is not scaled: the nginx timeout it stays under is not either. But never past
+        # the app's own (scaled) REQUEST_TIMEOUT_MS, the longest it holds any request, which sits below the
+        # LB's and the edge's timeouts; the local chain scales those (60 s LB -> 1.2 s at TIME_SCALE 0.02),
+        # so there a wait is cut at 0.6 s, before the LB emulation would answer 504.
+        return min(self.PREFER_WAIT_MAX_S, self.request_timeout_s)
 
     @property
     def heartbeat_s(self) -> float:

@@ -10,13 +10,16 @@ import hashlib
 import json
 import math
 import re
+import threading
 import time
+from collections.abc import Iterable
 
 from flask import Response, current_app, g, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 from rq import Worker
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+from werkzeug.http import parse_list_header, unquote_header_value
 
 from dlkit import files, telemetry
 from dlkit.jobs import IdempotencyConflict, Job, JobStatus, TooManyActiveJobs, events_channel
@@ -27,6 +30,7 @@ from ..hooks import retry_after
 from ..problems import Problem
 from ..schemas import (
     API_ROUTE,
+    INITIATE_FINISHED,
     INITIATE_NOTES,
     WITH_BODY,
     InitiateHeaders,
@@ -203,7 +207,7 @@ def _fingerprint(body: BaseModel) -> str:
 @bp.post(
     "/download/initiate",
     summary="Start an asynchronous download job",
-    responses={202: InitiateResponse, **problems(*WITH_BODY, 422, notes=INITIATE_NOTES)},
+    responses={200: INITIATE_FINISHED, 202: InitiateResponse, **problems(*WITH_BODY, 422, notes=INITIATE_NOTES)},
 )
 def initiate(body: InitiateRequest, header: InitiateHeaders):
     owner = current_owner()
@@ -274,6 +278,9 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
     headers = {"Location": location, **limit_headers, **_poll_headers(job)}
     if not created:
         headers["Idempotent-Replayed"] = "true"
+    finished = _preferred(job, location, headers)  # Prefer: wait=N
+    if finished is not None:
+        return finished
     return (
         {
             "jobId": job.id,
@@ -284,6 +291,78 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
         },
         202,
         headers,
+    )
+
+
+# RFC 7240 `wait`: delta-seconds (RFC 9111: 1*DIGIT; a value past 2^31 means 2^31).
+DELTA_SECONDS = re.compile(r"^[0-9]+$")
+WAITERS = "dlkit.prefer_waiters"
+
+
+def parse_prefer(values: Iterable[str]) -> dict[str, str]:
+    """RFC 7240 preferences of the Prefer header lines: lowercased name -> value ('' when none).
+
+    Only the first instance of a name counts; parameters (after `;`) are dropped, as no preference
+    used here has any; a quoted value is unquoted. Never raises: a preference cannot fail a request.
+    """
+    preferences: dict[str, str] = {}
+    for item in parse_list_header(", ".join(values)):
+        name, _, value = item.partition(";")[0].partition("=")
+        name = name.strip().lower()
+        if name and name not in preferences:
+            preferences[name] = unquote_header_value(value.strip())
+    return preferences
+
+
+def wait_preference(preferences: dict[str, str]) -> int | None:
+    """`wait` in seconds; None when absent or malformed (then ignored, as RFC 7240 asks)."""
+    value = preferences.get("wait", "")
+    if not DELTA_SECONDS.match(value):
+        return None
+    return int(value) if len(value) <= 10 else 2**31
+
+
+def _preferred(job: Job, location: str, headers: dict[str, str]) -> tuple[dict, int, dict] | None:
+    """`Prefer: wait=N` on initiate: the final status document (200) when the job ends within N seconds,
+    at most prefer_wait_max_s; None to answer 202 as without it. Adds Vary and Preference-Applied to
+    the 202's `headers`.
+
+    A waiting request holds a gunicorn thread: at most PREFER_MAX_WAITERS per process wait, past them
+    the preference is ignored. The wait blocks on the job's event log (JobStore.wait_terminal).
+    """
+    headers["Vary"] = "Prefer"
+    preferences = parse_prefer(request.headers.getlist("Prefer"))
+    wanted = wait_preference(preferences)
+    applied = ["respond-async"] if "respond-async" in preferences else []
+    if wanted is not None:
+        res = _res()
+        wait_s = min(wanted, res.settings.prefer_wait_max_s)
+        final, waited = job, False
+        if not job.status.is_terminal and wait_s > 0:  # a replay of a finished job needs no wait
+            waiters = current_app.extensions[WAITERS]
+            if waiters.acquire(blocking=False):
+                try:
+                    final = res.store.wait_terminal(job.id, wait_s, res.settings.REDIS_SOCKET_TIMEOUT_S / 2) or job
+                    waited = True
+                finally:
+                    waiters.release()
+        if final.status.is_terminal:
+            # As the status route answers, but 200 for a cancelled job too: this request (create a job)
+            # succeeded, and the document says how the job ended; 410 would say initiate is gone.
+            headers.pop("Retry-After", None)
+            headers.update({"Content-Location": location, "Preference-Applied": f"wait={wait_s:g}"})
+            return _document(final), 200, headers
+        if waited:
+            applied.append(f"wait={wait_s:g}")
+    if applied:
+        headers["Preference-Applied"] = ", ".join(applied)
+    return None
+
+
+@bp.record_once
+def _prefer_waiters(state) -> None:
+    state.app.extensions[WAITERS] = threading.BoundedSemaphore(
+        state.app.extensions["dlkit"].settings.PREFER_MAX_WAITERS
     )
 
 

@@ -4,7 +4,7 @@ Reads the real config files (dlkit/kit/timeouts.py) and reports findings, each w
 file:line of every setting involved:
 
 - error: a setting that breaks requests that should work (keep-alive races, cut event streams, a
-  sync gunicorn worker killed mid-request);
+  sync gunicorn worker killed mid-request, a `Prefer: wait` cap not below every timeout on initiate's path);
 - warning: a setting that degrades the fix (status polls that outwait the poll interval);
 - expected: the legacy synchronous route being cut, which the kit keeps on purpose to reproduce the
   problem. It does not fail the audit.
@@ -33,6 +33,7 @@ from dlkit.kit.timeouts import (
     ALB_MODULE_SOURCE,
     CLOUDFLARE_DEFAULT_READ_TIMEOUTS_S,
     COMPOSE,
+    INITIATE_ROUTE,
     LEGACY_ROUTE,
     NGINX_CONF,
     NGINX_TEMPLATES_DIR,
@@ -76,6 +77,7 @@ def audit(chain: Chain, deployment: Deployment | None = None) -> list[Finding]:
         *_event_stream(chain),
         *_status_polls(chain),
         *_gunicorn_timeout(chain),
+        *_prefer_wait(chain),
         *_cloudflare_plan(chain),
         *(_deployment(chain, deployment) if deployment is not None else []),
     ]
@@ -250,6 +252,33 @@ def _gunicorn_timeout(chain: Chain) -> list[Finding]:
             "answers 502; use gthread workers",
             tuple(where),
         )
+    ]
+
+
+def _prefer_wait(chain: Chain) -> list[Finding]:
+    # `Prefer: wait=N` holds initiate silent for up to PREFER_WAIT_MAX_S: every timeout on its path must
+    # be longer, or the layer cuts the wait with a 504 (524 at the edge) instead of the API's 202.
+    location = _location(chain, INITIATE_ROUTE, "prefer-wait")
+    if isinstance(location, Finding):
+        return [location]
+    cap = chain.app.PREFER_WAIT_MAX_S
+    layers = [
+        (f"nginx proxy_read_timeout of location {INITIATE_ROUTE}", location.proxy_read_timeout),
+        ("ALB idle_timeout", chain.lb_idle_timeout),
+        ("Cloudflare proxy_read_timeout", chain.edge_read_timeout),
+    ]
+    if is_sync_worker(chain.gunicorn.worker_class):
+        layers.append(("gunicorn sync worker timeout", chain.gunicorn.timeout))
+    return [
+        Finding(
+            "prefer-wait",
+            Severity.ERROR,
+            f"{name} {setting.seconds:g} s <= PREFER_WAIT_MAX_S {cap.seconds:g} s: a client asking for "
+            "`Prefer: wait` on initiate is cut by that layer instead of getting 202; keep the cap below it",
+            (_where(setting, location), cap.where),
+        )
+        for name, setting in layers
+        if setting.seconds <= cap.seconds
     ]
 
 

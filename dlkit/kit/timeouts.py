@@ -57,6 +57,7 @@ TIMEOUT_ENV = (
     "GUNICORN_KEEPALIVE_S",
     "GUNICORN_TIMEOUT_S",
     "TIME_SCALE",
+    "PREFER_WAIT_MAX_S",
 )
 
 # Cloudflare's default Proxy Read Timeout, which every zone but an Enterprise one keeps (only
@@ -78,7 +79,10 @@ APP_SETTINGS = (
     "SSE_HEARTBEAT_S",
     "DOWNLOAD_DELAY_MIN_MS",
     "DOWNLOAD_DELAY_MAX_MS",
+    "PREFER_WAIT_MAX_S",
 )
+# The nginx location of initiate, which `Prefer: wait=N` holds silent for up to PREFER_WAIT_MAX_S.
+INITIATE_ROUTE = "= /v1/download/initiate"
 
 _NGINX_TIME = re.compile(r"(\d+)(ms|s|m|h|d|w|M|y)?")
 # nginx time units in seconds (a bare number is seconds); "M" is 30 days and "y" 365, as nginx has it.
@@ -153,6 +157,7 @@ class App:
     SSE_HEARTBEAT_S: Setting
     DOWNLOAD_DELAY_MIN_MS: Setting
     DOWNLOAD_DELAY_MAX_MS: Setting
+    PREFER_WAIT_MAX_S: Setting
 
 
 @dataclass(frozen=True)
