@@ -660,7 +660,9 @@ class Bench:
         for _ in range(b.rounds):
             key = f"bench/{uuid.uuid4()}.zip"
             started = time.perf_counter()
-            upload = MultipartUpload(s3, bucket, key, self.settings.S3_PART_SIZE_BYTES)
+            upload = MultipartUpload(
+                s3, bucket, key, self.settings.S3_PART_SIZE_BYTES, concurrency=self.settings.S3_UPLOAD_CONCURRENCY
+            )
             _write_zip(ids, upload)
             upload.complete()
             pipeline_s.append(time.perf_counter() - started)
