@@ -122,6 +122,37 @@ def test_a_queued_job_is_told_its_wait_from_its_place_in_the_queue_and_the_worke
         redis.delete(workers_key)
 
 
+def test_a_job_near_its_end_is_polled_just_after_its_expected_end(make_app, bob_headers, redis):
+    """Far from its end, Retry-After is half the time left; within two poll intervals of it, just after it
+    (a quarter interval of margin), so the poll that finds the file is not up to an interval late."""
+    queue_name = f"test-near-end-{uuid.uuid4().hex[:8]}"  # no worker: the test starts the jobs itself
+
+    def retry_after_once_started(delay_ms: int) -> tuple[float, float, float]:
+        app = make_app(
+            QUEUE_NAME=queue_name,
+            RATE_LIMIT_MAX_REQUESTS=1000,
+            RATE_LIMIT_WINDOW_MS=HOUR_MS,
+            DOWNLOAD_DELAY_MIN_MS=delay_ms,
+            DOWNLOAD_DELAY_MAX_MS=delay_ms,
+        )
+        client = app.test_client()
+        job_id = _job(client, bob_headers)
+        assert app.extensions["dlkit"].store.start(job_id).applied  # as the worker does
+        r = client.get(f"/v1/download/status/{job_id}", headers=bob_headers)
+        assert r.status_code == 200 and r.json["status"] == "processing"
+        interval = app.extensions["dlkit"].settings.poll_interval_s
+        return r.json["estimatedSecondsRemaining"], float(r.headers["Retry-After"]), interval
+
+    try:
+        eta, wait, interval = retry_after_once_started(60_000)  # 12 intervals of work
+        assert eta > 2 * interval and wait == float(retry_after(eta / 2))
+        eta, wait, interval = retry_after_once_started(6_000)  # 1.2 intervals
+        assert 0 < eta <= 2 * interval
+        assert wait == float(retry_after(eta + interval / 4))
+    finally:
+        Queue(queue_name, connection=redis).empty()
+
+
 def test_initiate_counts_its_own_limit_and_answers_429_past_it(make_app, bob_headers, redis):
     queue_name = f"test-limit-{uuid.uuid4().hex[:8]}"  # no worker: nothing runs
     app = make_app(QUEUE_NAME=queue_name, RATE_LIMIT_MAX_REQUESTS=2, RATE_LIMIT_WINDOW_MS=HOUR_MS)

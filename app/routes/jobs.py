@@ -189,10 +189,18 @@ def _document(job: Job, queue_wait_s: float = 0.0) -> dict:
 
 def _poll_headers(job: Job, eta_s: float | None = None) -> dict[str, str]:
     """Retry-After while not terminal: half the estimated time left (`eta_s`), at least the poll
-    interval, so a client far back in the queue polls rarely and one near the end often."""
+    interval, so a client far back in the queue polls rarely and one near the end often. A job
+    processing within two intervals of its end: just after the expected end (a quarter interval past
+    it, for the upload and the final write), so the poll that finds the file lands when it is ready,
+    not up to an interval late."""
     headers = {"Cache-Control": "no-store"}
     if not job.status.is_terminal:
-        headers["Retry-After"] = retry_after(max(_res().settings.poll_interval_s, (eta_s or 0.0) / 2))
+        interval, eta = _res().settings.poll_interval_s, eta_s or 0.0
+        if job.status is JobStatus.PROCESSING and eta_s is not None and eta <= 2 * interval:
+            wait = max(eta, interval / 4) + interval / 4
+        else:
+            wait = max(interval, eta / 2)
+        headers["Retry-After"] = retry_after(wait)
     return headers
 
 
