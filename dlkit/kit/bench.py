@@ -443,7 +443,16 @@ class Bench:
 
     # -- P1, P2 -------------------------------------------------------------------------------------
 
-    def wrk(self, url: str, script: Path, method: str = "GET", body: str = "", auth: bool = False) -> dict[str, Any]:
+    def wrk(
+        self,
+        url: str,
+        script: Path,
+        method: str = "GET",
+        body: str = "",
+        auth: bool = False,
+        servers: tuple[int | None, ...] = (),
+    ) -> dict[str, Any]:
+        """One wrk run; with `servers` (pids), also the CPU milliseconds they spent per request."""
         b = self.budget
         env = {
             **os.environ,
@@ -463,10 +472,14 @@ class Bench:
             str(script),
             url,
         ]
+        cpu_before = sum(map(tree_cpu_s, servers))
         out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=b.wrk_duration_s + 30)
         if out.returncode != 0:
             raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()}")
-        return parse_wrk(out.stdout)
+        summary = parse_wrk(out.stdout)
+        if servers and summary["requests"]:
+            summary["cpu_ms_per_request"] = (sum(map(tree_cpu_s, servers)) - cpu_before) * 1000 / summary["requests"]
+        return summary
 
     def measure_http(self, job_id: str) -> None:
         if shutil.which("wrk") is None:
@@ -482,27 +495,37 @@ class Bench:
         status = f"/v1/download/status/{job_id}"
         memory_per_queued_job = []
 
-        def initiate(base: str, script: Path) -> dict[str, Any]:
+        def initiate(base: str, script: Path, servers: tuple[int | None, ...]) -> dict[str, Any]:
             memory = self.redis.info("memory")["used_memory"]
-            result = self.wrk(f"{base}/v1/download/initiate", script, "POST", body, auth=True)
+            result = self.wrk(f"{base}/v1/download/initiate", script, "POST", body, auth=True, servers=servers)
             queued = queue.count
             if queued:
                 memory_per_queued_job.append((self.redis.info("memory")["used_memory"] - memory) / queued)
             queue.empty()  # nobody works on them: the workers are stopped
             return result
 
+        def pid(name: str) -> int | None:
+            return self.stack.components[name].pid
+
         with tempfile.TemporaryDirectory() as folder, self.traced_api() as traced:
             script = Path(folder) / "bench.lua"
             script.write_text(WRK_SCRIPT)
+            # The servers whose CPU a request costs: the API and Valkey, and the three proxies of the chain.
+            direct = (pid("api"), pid("valkey"))
+            servers = {"direct": direct, "chain": (*direct, pid("nginx"), pid("lb"), pid("edge"))}
             # Each line: (numerator, denominator), each a run of wrk; measured back to back in every pair.
             lines = {}
             for where, base in (("chain", self.stack.entry), ("direct", self.direct)):
-                root = lambda base=base: self.wrk(f"{base}/", script)  # noqa: E731
-                lines[f"p1_{where}"] = (lambda base=base: self.wrk(f"{base}{status}", script, auth=True), root)
-                lines[f"p2_{where}"] = (lambda base=base: initiate(base, script), root)
+                on = servers[where]
+                root = lambda base=base, on=on: self.wrk(f"{base}/", script, servers=on)  # noqa: E731
+                lines[f"p1_{where}"] = (
+                    lambda base=base, on=on: self.wrk(f"{base}{status}", script, auth=True, servers=on),
+                    root,
+                )
+                lines[f"p2_{where}"] = (lambda base=base, on=on: initiate(base, script, on), root)
             lines["tracing"] = (
-                lambda: self.wrk(f"{traced}{status}", script, auth=True),
-                lambda: self.wrk(f"{self.direct}{status}", script, auth=True),
+                lambda: self.wrk(f"{traced.url}{status}", script, auth=True, servers=(traced.pid, pid("valkey"))),
+                lambda: self.wrk(f"{self.direct}{status}", script, auth=True, servers=direct),
             )
             self.say(
                 f"wrk warm-up, then {b.pairs} pairs of {b.wrk_duration_s:g} s runs per line "
@@ -524,16 +547,33 @@ class Bench:
                     runs[key].append((num, den))
         for key, pairs in runs.items():
             ratios = pair_ratios([(num["rps"], den["rps"]) for num, den in pairs])
+            # The same question asked of CPU time: requests the servers' CPU serves, relative to GET /'s
+            # (its CPU per request over this one's). Steadier than throughput on a shared machine, as
+            # the other work there takes wall time from both runs of a pair, but less of their CPU time.
+            cpu_ratios = pair_ratios(
+                [
+                    (den["cpu_ms_per_request"], num["cpu_ms_per_request"])
+                    for num, den in pairs
+                    if "cpu_ms_per_request" in num
+                ]
+            )
+            cpu_spread = interquartile(cpu_ratios)
             context = {
+                "cpu_ratio": round(statistics.median(cpu_ratios), 3) if cpu_ratios else None,
+                "cpu_iqr": f"{cpu_spread[0]:.3g}-{cpu_spread[1]:.3g}" if cpu_spread else None,
                 "rps": round(statistics.median(num["rps"] for num, _ in pairs), 1),
                 ("untraced_rps" if key == "tracing" else "root_rps"): round(
                     statistics.median(den["rps"] for _, den in pairs), 1
                 ),
                 "errors": sum(num["errors"] + den["errors"] for num, den in pairs),
                 "p99_ms": round(statistics.median(num["p99_us"] for num, _ in pairs) / 1000, 2),
+                "cpu_ms_per_request": round(statistics.median(num["cpu_ms_per_request"] for num, _ in pairs), 3)
+                if cpu_ratios
+                else None,
                 "min": round(min(ratios), 3) if ratios else None,
                 "max": round(max(ratios), 3) if ratios else None,
                 "per_pair": [round(r, 3) for r in ratios],
+                "cpu_per_pair": [round(r, 3) for r in cpu_ratios],
             }
             value = statistics.median(ratios) if ratios else None
             if key == "tracing":
@@ -562,9 +602,9 @@ class Bench:
             )
 
     @contextmanager
-    def traced_api(self) -> Iterator[str]:
+    def traced_api(self) -> Iterator[Any]:
         """A second API (gunicorn, the stack's recipe and settings) with tracing on: every request
-        sampled, spans appended to a file in the bench's home. Yields its URL."""
+        sampled, spans appended to a file in the bench's home. Yields its Component (url, pid)."""
         from dlkit.kit import recipes
 
         with socket.socket() as probe:
@@ -578,7 +618,7 @@ class Bench:
         component = recipes.api(dataclasses.replace(site, home=home, ports={**site.ports, "api": port}, env=env))
         component.start()
         try:
-            yield component.url
+            yield component
         finally:
             component.stop()
 
