@@ -19,7 +19,6 @@ from enum import Enum
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
 
 from dlkit.settings import MAX_FILES_PER_JOB
 
@@ -259,32 +258,62 @@ return {0, cur}
 """
 
 
-# KEYS[1] = the owner's active set (job id -> time of its reservation). ARGV[1] = limit, ARGV[2] = the
-# new job's id, ARGV[3] = now, ARGV[4] = TTL seconds, ARGV[5] = grace seconds, ARGV[6] = job key prefix,
-# then the active statuses. Entries whose job finished or expired are dropped; an entry without a record
-# yet is a create under way, counted for ARGV[5] seconds. Returns {1, count} with the slot taken, or
-# {0, count} at the limit. (It reads the job records by name: one Redis, not a cluster.)
-_RESERVE = """
-local active, now = KEYS[1], tonumber(ARGV[3])
-local live = {}
-for i = 7, #ARGV do live[ARGV[i]] = true end
+# Initiate's one round trip: its checks, then its writes, in one script. KEYS[1] = a rate limit's counter
+# ('' for none), KEYS[2] = the idempotency key (''), KEYS[3] = the owner's active set ('' for no cap: job
+# id -> time of its reservation). ARGV[1] = the counter's limit, ARGV[2] = its TTL, ARGV[3] = the request's
+# fingerprint, ARGV[4] = the cap, ARGV[5] = the new job's id, ARGV[6] = now, ARGV[7] = TTL seconds,
+# ARGV[8] = grace seconds, ARGV[9] = job key prefix, ARGV[10] = the active statuses (space separated), then
+# the writes: each command as its number of arguments and the arguments (the job record, its indexes,
+# RQ's queue entry: recorded on a pipeline by JobStore.create_counted, run only when every check passes).
+# In the active set, entries whose job finished or expired are dropped; an entry without a record is
+# counted for ARGV[8] seconds (a create under way in an API of the version that reserved first).
+# Returns {'created', count}, {'limited', count}, {'conflict', count}, {'replay', count, job id} or
+# {'busy', count, active}; count is the counter's value (0 without one). It reads and writes keys by name
+# (the active set's jobs, RQ's): one Redis, not a cluster.
+_CREATE = """
 local count = 0
-local entries = redis.call('ZRANGE', active, 0, -1, 'WITHSCORES')
-for i = 1, #entries, 2 do
-  local status = redis.call('HGET', ARGV[6] .. entries[i], 'status')
-  if (status and live[status]) or (not status and tonumber(entries[i + 1]) > now - tonumber(ARGV[5])) then
-    count = count + 1
-  else
-    redis.call('ZREM', active, entries[i])
+if KEYS[1] ~= '' then
+  count = redis.call('INCR', KEYS[1])
+  if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+  if count > tonumber(ARGV[1]) then return {'limited', count} end
+end
+if KEYS[2] ~= '' then
+  local stored = redis.call('GET', KEYS[2])
+  if stored then
+    local entry = cjson.decode(stored)
+    if entry.fingerprint ~= ARGV[3] then return {'conflict', count} end
+    if redis.call('EXISTS', ARGV[9] .. entry.jobId) == 1 then return {'replay', count, entry.jobId} end
   end
 end
-if count >= tonumber(ARGV[1]) then return {0, count} end
-redis.call('ZADD', active, now, ARGV[2])
-redis.call('EXPIRE', active, ARGV[4])
-return {1, count + 1}
+if KEYS[3] ~= '' then
+  local now = tonumber(ARGV[6])
+  local live = {}
+  for s in string.gmatch(ARGV[10], '%S+') do live[s] = true end
+  local active = 0
+  local entries = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    local status = redis.call('HGET', ARGV[9] .. entries[i], 'status')
+    if (status and live[status]) or (not status and tonumber(entries[i + 1]) > now - tonumber(ARGV[8])) then
+      active = active + 1
+    else
+      redis.call('ZREM', KEYS[3], entries[i])
+    end
+  end
+  if active >= tonumber(ARGV[4]) then return {'busy', count, active} end
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[7])
+end
+local i = 11
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return {'created', count}
 """
-# How long a reserved slot without its job record counts as active: a create takes milliseconds, so
-# only an API process that died mid-create leaves one, and it frees itself after this.
+# How long a reserved slot without its job record counts as active: the script reserves and writes the
+# record at once, but an API of the version before it reserved first, and one that died mid-create
+# left a slot that frees itself after this.
 RESERVATION_GRACE_S = 60
 
 
@@ -315,7 +344,7 @@ class JobStore:
         self.ttl_s = ttl_s
         self.clock = clock
         self._transition = redis.register_script(_TRANSITION)
-        self._reserve_slot = redis.register_script(_RESERVE)
+        self._create = redis.register_script(_CREATE)
 
     # -- API side -------------------------------------------------------------------------
 
@@ -328,88 +357,93 @@ class JobStore:
         idempotency: tuple[str, str] | None = None,
         max_active: int = 0,
     ) -> tuple[Job, bool]:
-        """Store a new queued job and enqueue it in one MULTI/EXEC; return (job, created).
+        """Store a new queued job and enqueue it in one round trip; return (job, created).
 
-        `enqueue(pipe, job_id)` adds the queue's commands to the same transaction, so a job is
-        never recorded without being queued, nor queued without its record. `idempotency` is
-        (key, request fingerprint): a retry with the same key and body returns the first job,
-        even when both requests arrive at once (WATCH makes the loser re-read the winner's key).
-        `max_active` (0: no cap): with that many of the owner's jobs queued or processing, raise
-        TooManyActiveJobs and create nothing. The slot is reserved first by one script (so
-        concurrent creates count one after the other, without WATCH retries), and given back if
-        the job is not created; a replay returns before that, so it is not counted.
+        `enqueue(pipe, job_id)` adds the queue's commands to the job's writes, so a job is never
+        recorded without being queued, nor queued without its record. `idempotency` is (key, request
+        fingerprint): a retry with the same key and body returns the first job, even when both requests
+        arrive at once. `max_active` (0: no cap): with that many of the owner's jobs queued or processing,
+        raise TooManyActiveJobs and create nothing; a replay returns before that, so it is not counted.
+        The checks and the writes are one script (create_counted), so concurrent creates are counted
+        one after the other.
         """
-        idem_key = idempotency_key(owner, idempotency[0]) if idempotency else None
-        job_id = str(uuid.uuid4())
-        reserved = False
-        with self.redis.pipeline() as pipe:
-            try:
-                while True:
-                    try:
-                        if idem_key:
-                            pipe.watch(idem_key)
-                            existing = pipe.get(idem_key)
-                            if existing is not None:
-                                job = self._replay(existing, idempotency[1])
-                                if job is not None:
-                                    return job, False
-                        if max_active and not reserved:
-                            self._reserve(owner, job_id, max_active)
-                            reserved = True
-                        now = self.clock()
-                        job = Job(
-                            id=job_id,
-                            owner=owner,
-                            status=JobStatus.QUEUED,
-                            file_ids=list(file_ids),
-                            delay_s=delay_s,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                        pipe.multi()
-                        pipe.hset(job_key(job.id), mapping=job.to_hash())
-                        pipe.expire(job_key(job.id), self.ttl_s)
-                        pipe.zadd(owner_index_key(owner), {job.id: now})
-                        # Each create pushes the index's expiry back, so an active owner's index never
-                        # expires: drop the entries older than a record lives, so it stays bounded.
-                        pipe.zremrangebyscore(owner_index_key(owner), "-inf", now - self.ttl_s)
-                        pipe.expire(owner_index_key(owner), self.ttl_s)
-                        if idem_key:
-                            pipe.set(
-                                idem_key, json.dumps({"jobId": job.id, "fingerprint": idempotency[1]}), ex=self.ttl_s
-                            )
-                        enqueue(pipe, job.id)
-                        pipe.execute()
-                        reserved = False  # the slot is the job's now
-                        return job, True
-                    except WatchError:
-                        continue
-            finally:
-                if reserved:  # not created (a replay, a conflict, an error): give the slot back
-                    self.redis.zrem(active_key(owner), job_id)
+        job, created, _ = self.create_counted(owner, file_ids, delay_s, enqueue, idempotency, max_active)
+        return job, created
 
-    def _reserve(self, owner: str, job_id: str, limit: int) -> None:
-        taken, count = self._reserve_slot(
-            keys=[active_key(owner)],
+    def create_counted(
+        self,
+        owner: str,
+        file_ids: list[int],
+        delay_s: float,
+        enqueue: Callable[[Pipeline, str], None],
+        idempotency: tuple[str, str] | None = None,
+        max_active: int = 0,
+        counter: tuple[str, int, int] | None = None,
+    ) -> tuple[Job | None, bool, int]:
+        """create(), counting `counter` = (key, TTL seconds, limit) first, all in one round trip: initiate's
+        rate limit, its idempotency key, the cap, the job record and RQ's queue entry. Returns (job,
+        created, count); past the counter's limit (None, False, count) and nothing else is done.
+
+        The writes are recorded on a pipeline that is never sent (the job's, then `enqueue`'s) and handed
+        to one script that checks first (_CREATE): so a caller can add writes of its own to `enqueue`
+        (app/metrics.py counts the job there), and they happen exactly when the job is created.
+        """
+        idem_key = idempotency_key(owner, idempotency[0]) if idempotency else ""
+        job_id = str(uuid.uuid4())
+        now = self.clock()
+        job = Job(
+            id=job_id,
+            owner=owner,
+            status=JobStatus.QUEUED,
+            file_ids=list(file_ids),
+            delay_s=delay_s,
+            created_at=now,
+            updated_at=now,
+        )
+        with self.redis.pipeline() as writes:
+            writes.multi()  # as RQ's enqueue expects of a caller's pipeline; only its command list is used
+            writes.hset(job_key(job.id), mapping=job.to_hash())
+            writes.expire(job_key(job.id), self.ttl_s)
+            writes.zadd(owner_index_key(owner), {job.id: now})
+            # Each create pushes the index's expiry back, so an active owner's index never expires:
+            # drop the entries older than a record lives, so it stays bounded.
+            writes.zremrangebyscore(owner_index_key(owner), "-inf", now - self.ttl_s)
+            writes.expire(owner_index_key(owner), self.ttl_s)
+            if idem_key:
+                writes.set(idem_key, json.dumps({"jobId": job.id, "fingerprint": idempotency[1]}), ex=self.ttl_s)
+            enqueue(writes, job.id)
+            commands = [arg for args, _ in writes.command_stack for arg in (len(args), *args)]
+        counter_key, counter_ttl_s, limit = counter or ("", 0, 0)
+        outcome, count, *rest = self._create(
+            keys=[counter_key, idem_key, active_key(owner) if max_active else ""],
             args=[
                 limit,
-                job_id,
-                repr(self.clock()),
+                counter_ttl_s,
+                idempotency[1] if idempotency else "",
+                max_active,
+                job.id,
+                repr(now),
                 self.ttl_s,
                 RESERVATION_GRACE_S,
                 job_key(""),
-                *(status.value for status in ACTIVE),
+                " ".join(status.value for status in ACTIVE),
+                *commands,
             ],
         )
-        if not taken:
-            raise TooManyActiveJobs(count, limit)
-
-    def _replay(self, stored: str, fingerprint: str) -> Job | None:
-        entry = json.loads(stored)
-        if entry["fingerprint"] != fingerprint:
+        outcome = outcome.decode()
+        if outcome == "created":
+            return job, True, count
+        if outcome == "limited":
+            return None, False, count
+        if outcome == "conflict":
             raise IdempotencyConflict()
-        # The key outlives nothing: it has the job's TTL. A missing record means it expired.
-        return self.get(entry["jobId"])
+        if outcome == "busy":
+            raise TooManyActiveJobs(rest[0], max_active)
+        replayed = self.get(rest[0].decode())
+        if replayed is None:  # expired between the script and this read: the key is free, create (counted once)
+            job, created = self.create(owner, file_ids, delay_s, enqueue, idempotency, max_active)
+            return job, created, count
+        return replayed, False, count
 
     def get(self, job_id: str) -> Job | None:
         h = self.redis.hgetall(job_key(job_id))

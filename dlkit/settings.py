@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     S3_FORCE_PATH_STYLE: bool = False
     S3_MAX_ATTEMPTS: int = Field(4, ge=1)
     S3_PART_SIZE_BYTES: int = Field(8 * 1024 * 1024, ge=S3_MIN_PART_SIZE)
+    # Parts of an artifact uploaded at once while the next is generated (dlkit/storage.py MultipartUpload):
+    # a work horse holds up to this many parts + 1 in memory.
+    S3_UPLOAD_CONCURRENCY: int = Field(3, ge=1)
     DOWNLOAD_URL_TTL_S: float = Field(300, gt=0)
 
     # Simulated work.

@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 
 import boto3
@@ -124,24 +126,32 @@ class PresignedUrls:
 class MultipartUpload:
     """A write-only file object that streams into one S3 object.
 
-    Bytes are buffered until a part is full, then sent as one part of a multipart upload, so
-    memory stays at one part whatever the artifact's size. An artifact smaller than one part is
-    sent with a single PUT at close. `abort()` discards every uploaded part: nothing is left in
-    the bucket. zipfile writes into it directly (it only needs write() and tell()).
+    Bytes are buffered until a part is full, then sent as one part of a multipart upload on a small
+    pool of threads, so the next part is generated and zipped while the previous ones upload. At most
+    `concurrency` parts are in flight: a write that fills a part past that waits for the oldest, so
+    memory stays at `concurrency` + 1 parts whatever the artifact's size. An artifact smaller than one
+    part is sent with a single PUT at close. A part that failed raises at the next write or at
+    complete(). `abort()` waits for the parts in flight, then discards every uploaded part: nothing is
+    left in the bucket. zipfile writes into it directly (it only needs write() and tell()).
     """
 
-    def __init__(self, client, bucket: str, key: str, part_size: int, content_type: str = "application/zip"):
+    def __init__(
+        self, client, bucket: str, key: str, part_size: int, content_type: str = "application/zip", concurrency: int = 1
+    ):
         self.client = client
         self.bucket = bucket
         self.key = key
         self.part_size = part_size
         self.content_type = content_type
+        self.concurrency = max(1, concurrency)
         self.upload_id: str | None = None
         self.parts: list[dict] = []
         self.size = 0
         self.sha256 = hashlib.sha256()
         self._buffer = bytearray()
         self._closed = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: deque[Future] = deque()
 
     # file-object protocol used by zipfile
     def write(self, data: bytes) -> int:
@@ -151,7 +161,7 @@ class MultipartUpload:
         while len(self._buffer) >= self.part_size:
             chunk = bytes(self._buffer[: self.part_size])
             del self._buffer[: self.part_size]
-            self._upload_part(chunk)
+            self._send_part(chunk)
         return len(data)
 
     def tell(self) -> int:
@@ -160,17 +170,34 @@ class MultipartUpload:
     def flush(self) -> None:
         pass
 
-    def _upload_part(self, chunk: bytes) -> None:
+    def _send_part(self, chunk: bytes) -> None:
         if self.upload_id is None:
             created = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=self.key, ContentType=self.content_type
             )
             self.upload_id = created["UploadId"]
-        number = len(self.parts) + 1
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-part")
+        while len(self._in_flight) >= self.concurrency:
+            self.parts.append(self._in_flight.popleft().result())  # memory bound; a failed part raises here
+        number = len(self.parts) + len(self._in_flight) + 1
+        self._in_flight.append(self._pool.submit(self._upload_part, number, chunk))
+
+    def _upload_part(self, number: int, chunk: bytes) -> dict:
         part = self.client.upload_part(
             Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=chunk
         )
-        self.parts.append({"PartNumber": number, "ETag": part["ETag"]})
+        return {"PartNumber": number, "ETag": part["ETag"]}
+
+    def _wait(self) -> None:
+        """Every part in flight stored (its entry in `parts`); the first failure raised, after all ended."""
+        failure = None
+        while self._in_flight:
+            try:
+                self.parts.append(self._in_flight.popleft().result())
+            except Exception as error:  # re-raised below, once the others have ended
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
     def complete(self) -> None:
         """Store the object; after this it is visible in the bucket."""
@@ -180,9 +207,14 @@ class MultipartUpload:
             )
         else:
             if self._buffer:
-                self._upload_part(bytes(self._buffer))
+                self._send_part(bytes(self._buffer))
+            self._wait()
+            self._shutdown()
             self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": sorted(self.parts, key=lambda part: part["PartNumber"])},
             )
         self._buffer.clear()
         self._closed = True
@@ -190,9 +222,21 @@ class MultipartUpload:
     def abort(self) -> None:
         """Drop whatever was uploaded so far. Safe to call more than once."""
         self._buffer.clear()
+        for future in self._in_flight:
+            future.cancel()  # not started yet: never sent
+        try:
+            self._wait()
+        except Exception:  # a part that failed is discarded with the rest
+            pass
+        self._shutdown()
         if self.upload_id is not None and not self._closed:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
         self._closed = True
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 HEALTH_KEY = ".dlkit-health"

@@ -19,9 +19,11 @@ from dlkit.kit.bench import (
     calls_by_command,
     commandstats_diff,
     counted_round_trips,
+    interquartile,
     judge,
     mark,
     median_ratio,
+    pair_ratios,
     parse_wrk,
     percentile,
     print_report,
@@ -70,6 +72,16 @@ def test_medians_and_percentiles():
     assert percentile([], 95) is None
     assert percentile(list(range(1, 101)), 95) == 95
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+
+
+def test_pair_ratios_and_their_spread():
+    assert pair_ratios([(1, 2), (3, 4), (5, 0)]) == [0.5, 0.75]
+    assert interquartile([]) is None
+    assert interquartile([0.7]) == (0.7, 0.7)
+    # The middle half of the pairs: a reader sees how far the median can be trusted.
+    assert interquartile([0.9, 0.5, 0.7, 0.6, 0.8]) == pytest.approx((0.6, 0.8))
+    low, high = interquartile([0.1, 0.8, 0.81, 0.82, 2.0])
+    assert 0.8 <= low <= high <= 0.82  # one wild pair at either end moves neither quartile much
 
 
 def test_parse_wrk_reads_the_scripts_summary_line():
@@ -143,6 +155,8 @@ def test_a_tiny_run_reports_every_ratio(tmp_path):
         "1",
         "--rounds",
         "1",
+        "--pairs",
+        "2",
         "--polls",
         "10",
         "--p3-files",
@@ -170,6 +184,11 @@ def test_a_tiny_run_reports_every_ratio(tmp_path):
     if shutil.which("wrk"):
         # Refused requests (a scaled timeout on a loaded machine) are reported beside the ratio, not hidden.
         assert all(isinstance(report["ratios"][key]["context"]["errors"], int) for key in wrk_ratios)
+        # Each HTTP ratio comes with the spread of its pairs, and tracing's cost is measured beside it.
+        for key in wrk_ratios:
+            low, high = report["ratios"][key]["spread"]
+            assert low <= high
+        assert report["tracing"]["value"] > 0 and "untraced_rps" in report["tracing"]["context"]
     # A poll reads the job and counts the rate limit: at least one round trip, never more round trips
     # than commands.
     trips = report["ratios"]["redis_round_trips_per_poll"]["value"]

@@ -12,6 +12,7 @@ from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from app.hooks import retry_after
+from dlkit import accounting
 from dlkit.kit.bench import counted_round_trips
 from dlkit.settings import Settings
 from dlkit.storage import PresignedUrls, s3_client
@@ -121,6 +122,37 @@ def test_a_queued_job_is_told_its_wait_from_its_place_in_the_queue_and_the_worke
         redis.delete(workers_key)
 
 
+def test_a_job_near_its_end_is_polled_just_after_its_expected_end(make_app, bob_headers, redis):
+    """Far from its end, Retry-After is half the time left; within two poll intervals of it, just after it
+    (a quarter interval of margin), so the poll that finds the file is not up to an interval late."""
+    queue_name = f"test-near-end-{uuid.uuid4().hex[:8]}"  # no worker: the test starts the jobs itself
+
+    def retry_after_once_started(delay_ms: int) -> tuple[float, float, float]:
+        app = make_app(
+            QUEUE_NAME=queue_name,
+            RATE_LIMIT_MAX_REQUESTS=1000,
+            RATE_LIMIT_WINDOW_MS=HOUR_MS,
+            DOWNLOAD_DELAY_MIN_MS=delay_ms,
+            DOWNLOAD_DELAY_MAX_MS=delay_ms,
+        )
+        client = app.test_client()
+        job_id = _job(client, bob_headers)
+        assert app.extensions["dlkit"].store.start(job_id).applied  # as the worker does
+        r = client.get(f"/v1/download/status/{job_id}", headers=bob_headers)
+        assert r.status_code == 200 and r.json["status"] == "processing"
+        interval = app.extensions["dlkit"].settings.poll_interval_s
+        return r.json["estimatedSecondsRemaining"], float(r.headers["Retry-After"]), interval
+
+    try:
+        eta, wait, interval = retry_after_once_started(60_000)  # 12 intervals of work
+        assert eta > 2 * interval and wait == float(retry_after(eta / 2))
+        eta, wait, interval = retry_after_once_started(6_000)  # 1.2 intervals
+        assert 0 < eta <= 2 * interval
+        assert wait == float(retry_after(eta + interval / 4))
+    finally:
+        Queue(queue_name, connection=redis).empty()
+
+
 def test_initiate_counts_its_own_limit_and_answers_429_past_it(make_app, bob_headers, redis):
     queue_name = f"test-limit-{uuid.uuid4().hex[:8]}"  # no worker: nothing runs
     app = make_app(QUEUE_NAME=queue_name, RATE_LIMIT_MAX_REQUESTS=2, RATE_LIMIT_WINDOW_MS=HOUR_MS)
@@ -137,6 +169,42 @@ def test_initiate_counts_its_own_limit_and_answers_429_past_it(make_app, bob_hea
         refused = answers[-1]
         assert refused.mimetype == "application/problem+json" and int(refused.headers["Retry-After"]) >= 1
         assert Queue(queue_name, connection=redis).count == 2  # the refused one was never queued
+    finally:
+        Queue(queue_name, connection=redis).empty()
+
+
+def test_an_initiate_is_one_round_trip_with_its_limit_key_cap_and_accounting(make_app, bob_headers, redis):
+    """The rate limit's count, the Idempotency-Key, the active-jobs cap, the record, RQ's queue entry and
+    the accounting counter: one script. A refused body is counted too, by one round trip of its own."""
+    queue_name = f"test-one-trip-{uuid.uuid4().hex[:8]}"  # no worker: nothing runs
+    app = make_app(
+        QUEUE_NAME=queue_name,
+        RATE_LIMIT_MAX_REQUESTS=1000,
+        RATE_LIMIT_WINDOW_MS=HOUR_MS,
+        MAX_ACTIVE_JOBS_PER_OWNER=1000,
+    )
+    client = app.test_client()
+    try:
+        _job(client, bob_headers)  # connections opened, the script loaded
+        created = int(redis.get(accounting.JOBS_CREATED) or 0)
+        with counted_round_trips() as trips:
+            answers = [
+                client.post(
+                    INITIATE, json={"file_ids": [70000 + 7 * n]}, headers={**bob_headers, "Idempotency-Key": f"k{n}"}
+                )
+                for n in range(5)
+            ]
+        assert [r.status_code for r in answers] == [202] * 5, [r.text for r in answers]
+        assert trips[0] == 5
+        assert Queue(queue_name, connection=redis).count == 6
+        assert int(redis.get(accounting.JOBS_CREATED)) - created == 5
+        remaining = [int(r.headers["RateLimit-Remaining"]) for r in answers]
+        assert remaining == list(range(remaining[0], remaining[0] - 5, -1))
+        with counted_round_trips() as trips:
+            refused = client.post(INITIATE, json={"file_ids": []}, headers=bob_headers)
+        assert refused.status_code == 400 and trips[0] == 1
+        assert int(refused.headers["RateLimit-Remaining"]) == remaining[-1] - 1  # counted, nothing created
+        assert int(redis.get(accounting.JOBS_CREATED)) - created == 5
     finally:
         Queue(queue_name, connection=redis).empty()
 

@@ -69,7 +69,9 @@ def build_archive(job_id: str) -> dict:
     telemetry.job_started(job)
     s3 = s3 or s3_client(settings)
     key = artifact_key(job_id)
-    upload = MultipartUpload(s3, settings.S3_BUCKET_NAME, key, settings.S3_PART_SIZE_BYTES)
+    upload = MultipartUpload(
+        s3, settings.S3_BUCKET_NAME, key, settings.S3_PART_SIZE_BYTES, concurrency=settings.S3_UPLOAD_CONCURRENCY
+    )
     try:
         run = Run(store, job_id, attempt, settings.heartbeat_s)
         unavailable = _write_zip(run, job.file_ids, job.delay_s / job.total_files, upload)

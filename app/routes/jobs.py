@@ -27,7 +27,7 @@ from dlkit.jobs import IdempotencyConflict, Job, JobStatus, TooManyActiveJobs, e
 from ..auth import authenticate, current_owner
 from ..extensions import rate_limit_key
 from ..hooks import retry_after
-from ..problems import Problem
+from ..problems import Problem, problem_response
 from ..schemas import (
     API_ROUTE,
     INITIATE_FINISHED,
@@ -193,10 +193,18 @@ def _document(job: Job, queue_wait_s: float = 0.0) -> dict:
 
 def _poll_headers(job: Job, eta_s: float | None = None) -> dict[str, str]:
     """Retry-After while not terminal: half the estimated time left (`eta_s`), at least the poll
-    interval, so a client far back in the queue polls rarely and one near the end often."""
+    interval, so a client far back in the queue polls rarely and one near the end often. A job
+    processing within two intervals of its end: just after the expected end (a quarter interval past
+    it, for the upload and the final write), so the poll that finds the file lands when it is ready,
+    not up to an interval late."""
     headers = {"Cache-Control": "no-store"}
     if not job.status.is_terminal:
-        headers["Retry-After"] = retry_after(max(_res().settings.poll_interval_s, (eta_s or 0.0) / 2))
+        interval, eta = _res().settings.poll_interval_s, eta_s or 0.0
+        if job.status is JobStatus.PROCESSING and eta_s is not None and eta <= 2 * interval:
+            wait = max(eta, interval / 4) + interval / 4
+        else:
+            wait = max(interval, eta / 2)
+        headers["Retry-After"] = retry_after(wait)
     return headers
 
 
@@ -213,7 +221,6 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
     owner = current_owner()
     res = _res()
     settings = res.settings
-    limit_headers = g.limit_headers  # counted before validation (_count_initiate)
     # The zip's size follows from the ids: refuse a job past the budget before anything is written.
     size = files.archive_size(body.file_ids)
     if size > settings.MAX_JOB_BYTES:
@@ -246,14 +253,17 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
         res.queue.enqueue_job(rq_job, pipeline=pipe)
 
     idempotency = (header.idempotency_key, _fingerprint(body)) if header.idempotency_key else None
+    limit, now = res.route_limit, time.time()
+    g.initiate_uncounted = False  # counted by the create's one round trip, whatever it answers
     try:
-        job, created = res.store.create(
+        job, created, count = res.store.create_counted(
             owner,
             body.file_ids,
             files.draw_delay_s(settings),
             enqueue,
             idempotency,
             max_active=settings.MAX_ACTIVE_JOBS_PER_OWNER,
+            counter=(limit.key("initiate", rate_limit_key(), now), limit.window_s, limit.amount),
         )
     except IdempotencyConflict as conflict:
         raise Problem(
@@ -273,6 +283,7 @@ def initiate(body: InitiateRequest, header: InitiateHeaders):
             active=busy.active,
             limit=busy.limit,
         ) from busy
+    limit_headers = _rate_limited(count, now)  # 429 past the limit: then nothing was created
     doc = job.to_api()
     location = f"/v1/download/status/{job.id}"
     headers = {"Location": location, **limit_headers, **_poll_headers(job)}
@@ -397,11 +408,27 @@ def _known_caller() -> bool:
 
 @bp.before_request
 def _count_initiate() -> None:
-    """initiate's own rate limit, counted before its body is validated: a malformed request counts too."""
+    """initiate's own rate limit counts every request of a known caller, a malformed one too: a valid
+    one is counted by the create's round trip (initiate), any other by _count_refused_initiate."""
     if request.endpoint == "jobs.initiate" and request.method == "POST":
-        res, now = _res(), time.time()
-        key = res.route_limit.key("initiate", rate_limit_key(), now)
-        g.limit_headers = _rate_limited(res.store.count(key, res.route_limit.window_s), now)
+        g.initiate_uncounted = True
+
+
+@bp.after_request
+def _count_refused_initiate(response: Response) -> Response:
+    """An initiate refused before its create (invalid body, job too large) is counted here, and answered
+    429 past the limit, as if it had been counted first."""
+    if not g.pop("initiate_uncounted", False):
+        return response
+    res, now = _res(), time.time()
+    count = res.store.count(res.route_limit.key("initiate", rate_limit_key(), now), res.route_limit.window_s)
+    try:
+        response.headers.update(_rate_limited(count, now))
+    except Problem as refused:
+        return problem_response(
+            refused.status, refused.title, refused.detail, slug=refused.slug, headers=refused.headers, **refused.extra
+        )
+    return response
 
 
 # uuid: else GET /v1/download/check (or /start, /initiate) would be this route, and those paths would

@@ -3,10 +3,13 @@
 Starts an embedded stack of its own (API_KEYS on, as in production; rate limit out of the way;
 no Prometheus), then measures, in this order:
 
-    http      wrk, 2 threads x 32 connections: GET /, a status poll of a completed job and an
-              initiate, through the whole chain (edge -> lb -> nginx -> gunicorn) and straight
-              to gunicorn, interleaved, `rounds` times; each ratio is the median of the rounds'
-              ratios (P1, P2). The RQ workers are stopped meanwhile, so the queued jobs cost nothing.
+    http      wrk, 1 thread x 8 connections, 1 s runs, after a warm-up: GET /, a status poll of a
+              completed job and an initiate, through the whole chain (edge -> lb -> nginx ->
+              gunicorn) and straight to gunicorn, in `pairs` adjacent pairs (the request and GET /
+              back to back, their order alternating); each ratio is the median of the pairs' ratios,
+              printed with their spread (P1, P2). The same for a status poll on a second gunicorn
+              with tracing on (every request sampled) against the stack's (tracing off): what
+              tracing costs. The RQ workers are stopped meanwhile, so the queued jobs cost nothing.
     redis     round trips and commands per status poll (and per initiate): round trips counted
               on the client side (one write of one or more commands = one round trip), commands
               on the server side (INFO commandstats), with the workers stopped
@@ -25,6 +28,7 @@ absolute numbers are printed as context only. Benchmarks are not tests: nothing 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import math
@@ -32,6 +36,7 @@ import os
 import platform
 import secrets
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -94,12 +99,14 @@ TARGETS: dict[str, Target] = {
 # --- pure parts: verdicts, diffs, parsing (tests/test_bench.py) ----------------------------------------
 
 
-def judge(key: str, value: float | None, **context: Any) -> dict[str, Any]:
-    """One ratio with its target and verdict; `value` None means not measured (pass is None)."""
+def judge(key: str, value: float | None, spread: tuple[float, float] | None = None, **context: Any) -> dict[str, Any]:
+    """One ratio with its target and verdict; `value` None means not measured (pass is None).
+    `spread`: (low, high) of the measurements the ratio is the median of (their interquartile range)."""
     target = TARGETS[key]
     return {
         "label": target.label,
         "value": None if value is None else round(value, 4),
+        "spread": None if spread is None else [round(spread[0], 4), round(spread[1], 4)],
         "target": target.describe(),
         "pass": None if value is None else target.passes(value),
         "context": context,
@@ -131,6 +138,22 @@ def median_ratio(pairs: list[tuple[float, float]]) -> float | None:
     """Median over rounds of numerator / denominator, each pair measured side by side."""
     ratios = [num / den for num, den in pairs if den > 0]
     return statistics.median(ratios) if ratios else None
+
+
+def pair_ratios(pairs: list[tuple[float, float]]) -> list[float]:
+    """numerator / denominator of each pair measured back to back (pairs with a zero denominator dropped)."""
+    return [num / den for num, den in pairs if den > 0]
+
+
+def interquartile(values: list[float]) -> tuple[float, float] | None:
+    """(first quartile, third quartile) of `values` (inclusive method: within their min and max);
+    None when empty. How far a median of noisy measurements can be trusted."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -293,10 +316,14 @@ class Budget:
 
     time_scale: float = 0.05
     workers: int = 4
-    wrk_duration_s: float = 3.0
-    wrk_threads: int = 2
-    wrk_connections: int = 32
-    rounds: int = 3
+    # Many short runs in adjacent pairs rather than a few long ones: the machine's other work changes
+    # from second to second, and a pair's two runs see about the same of it. Few connections, so wrk
+    # (which shares the cores with gunicorn) takes less CPU from what it measures.
+    wrk_duration_s: float = 1.0
+    wrk_threads: int = 1
+    wrk_connections: int = 8
+    pairs: int = 8  # adjacent (request, GET /) pairs per HTTP ratio
+    rounds: int = 3  # interleaved rounds of P3 and P4
     polls: int = 200  # sequential polls for the Redis counts
     p3_files: int = 40  # ~20 MiB: three multipart parts of 8 MiB
     p4_jobs: int = 20
@@ -392,7 +419,7 @@ class Bench:
             "gunicorn": "2 processes x 16 threads (gthread), the kit's defaults; the cost phase raises the "
             "threads to the number of jobs (one SSE stream holds one thread)",
             "wrk": f"{self.budget.wrk_threads} threads x {self.budget.wrk_connections} connections, "
-            f"{self.budget.wrk_duration_s:g} s per run, {self.budget.rounds} interleaved rounds",
+            f"{self.budget.wrk_duration_s:g} s per run, a warm-up, then {self.budget.pairs} adjacent pairs per ratio",
             "budget": self.budget.__dict__,
         }
         report["ratios"] = {key: self.results.get(key, judge(key, None, reason="not measured")) for key in TARGETS}
@@ -416,7 +443,16 @@ class Bench:
 
     # -- P1, P2 -------------------------------------------------------------------------------------
 
-    def wrk(self, url: str, script: Path, method: str = "GET", body: str = "", auth: bool = False) -> dict[str, Any]:
+    def wrk(
+        self,
+        url: str,
+        script: Path,
+        method: str = "GET",
+        body: str = "",
+        auth: bool = False,
+        servers: tuple[int | None, ...] = (),
+    ) -> dict[str, Any]:
+        """One wrk run; with `servers` (pids), also the CPU milliseconds they spent per request."""
         b = self.budget
         env = {
             **os.environ,
@@ -436,10 +472,14 @@ class Bench:
             str(script),
             url,
         ]
+        cpu_before = sum(map(tree_cpu_s, servers))
         out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=b.wrk_duration_s + 30)
         if out.returncode != 0:
             raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()}")
-        return parse_wrk(out.stdout)
+        summary = parse_wrk(out.stdout)
+        if servers and summary["requests"]:
+            summary["cpu_ms_per_request"] = (sum(map(tree_cpu_s, servers)) - cpu_before) * 1000 / summary["requests"]
+        return summary
 
     def measure_http(self, job_id: str) -> None:
         if shutil.which("wrk") is None:
@@ -449,54 +489,138 @@ class Bench:
             return
         from rq import Queue
 
+        b = self.budget
         queue = Queue(self.settings.QUEUE_NAME, connection=self.redis)
         body = json.dumps({"file_ids": [FIRST_FILE_ID]})
-        runs: dict[str, list[dict[str, Any]]] = {}
+        status = f"/v1/download/status/{job_id}"
         memory_per_queued_job = []
-        with tempfile.TemporaryDirectory() as folder:
+
+        def initiate(base: str, script: Path, servers: tuple[int | None, ...]) -> dict[str, Any]:
+            memory = self.redis.info("memory")["used_memory"]
+            result = self.wrk(f"{base}/v1/download/initiate", script, "POST", body, auth=True, servers=servers)
+            queued = queue.count
+            if queued:
+                memory_per_queued_job.append((self.redis.info("memory")["used_memory"] - memory) / queued)
+            queue.empty()  # nobody works on them: the workers are stopped
+            return result
+
+        def pid(name: str) -> int | None:
+            return self.stack.components[name].pid
+
+        with tempfile.TemporaryDirectory() as folder, self.traced_api() as traced:
             script = Path(folder) / "bench.lua"
             script.write_text(WRK_SCRIPT)
-            for index in range(self.budget.rounds):
-                self.say(f"wrk round {index + 1}/{self.budget.rounds}: GET /, status, initiate; chain then direct")
-                for where, base in (("chain", self.stack.entry), ("direct", self.direct)):
-                    runs.setdefault(f"root_{where}", []).append(self.wrk(f"{base}/", script))
-                    runs.setdefault(f"status_{where}", []).append(
-                        self.wrk(f"{base}/v1/download/status/{job_id}", script, auth=True)
-                    )
-                    memory = self.redis.info("memory")["used_memory"]
-                    runs.setdefault(f"initiate_{where}", []).append(
-                        self.wrk(f"{base}/v1/download/initiate", script, "POST", body, auth=True)
-                    )
-                    queued = queue.count
-                    if queued:
-                        memory_per_queued_job.append((self.redis.info("memory")["used_memory"] - memory) / queued)
-                    queue.empty()  # nobody works on them: the workers are stopped
-        rps = {name: [r["rps"] for r in rounds] for name, rounds in runs.items()}
-        errors = {name: sum(r["errors"] for r in rounds) for name, rounds in runs.items()}
-        for where in ("chain", "direct"):
-            for key, request in ((f"p1_{where}", "status"), (f"p2_{where}", "initiate")):
-                pairs = list(zip(rps[f"{request}_{where}"], rps[f"root_{where}"], strict=True))
-                self.results[key] = judge(
-                    key,
-                    median_ratio(pairs),
-                    rps=round(statistics.median(rps[f"{request}_{where}"]), 1),
-                    root_rps=round(statistics.median(rps[f"root_{where}"]), 1),
-                    per_round=[round(n / d, 3) for n, d in pairs],
-                    errors=errors[f"{request}_{where}"] + errors[f"root_{where}"],
-                    p99_ms=round(statistics.median(r["p99_us"] for r in runs[f"{request}_{where}"]) / 1000, 2),
+            # The servers whose CPU a request costs: the API and Valkey, and the three proxies of the chain.
+            direct = (pid("api"), pid("valkey"))
+            servers = {"direct": direct, "chain": (*direct, pid("nginx"), pid("lb"), pid("edge"))}
+            # Each line: (numerator, denominator), each a run of wrk; measured back to back in every pair.
+            lines = {}
+            for where, base in (("chain", self.stack.entry), ("direct", self.direct)):
+                on = servers[where]
+                root = lambda base=base, on=on: self.wrk(f"{base}/", script, servers=on)  # noqa: E731
+                lines[f"p1_{where}"] = (
+                    lambda base=base, on=on: self.wrk(f"{base}{status}", script, auth=True, servers=on),
+                    root,
                 )
-        kinds = ("connect", "read", "write", "status", "timeout")
-        self.extra["http"] = {
-            name: {
-                "rps": [round(x, 1) for x in values],
-                "errors": {kind: sum(r[kind] for r in runs[name]) for kind in kinds},
+                lines[f"p2_{where}"] = (lambda base=base, on=on: initiate(base, script, on), root)
+            lines["tracing"] = (
+                lambda: self.wrk(f"{traced.url}{status}", script, auth=True, servers=(traced.pid, pid("valkey"))),
+                lambda: self.wrk(f"{self.direct}{status}", script, auth=True, servers=direct),
+            )
+            self.say(
+                f"wrk warm-up, then {b.pairs} pairs of {b.wrk_duration_s:g} s runs per line "
+                f"({b.wrk_threads} thread x {b.wrk_connections} connections): "
+                "status, initiate / GET / (chain, direct); status traced / untraced"
+            )
+            for numerator, denominator in lines.values():
+                numerator(), denominator()
+            runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {key: [] for key in lines}
+            for index in range(b.pairs):
+                for key, (numerator, denominator) in lines.items():
+                    # The order alternates, so a trend (the machine getting busier) favours neither side.
+                    if index % 2 == 0:
+                        num = numerator()
+                        den = denominator()
+                    else:
+                        den = denominator()
+                        num = numerator()
+                    runs[key].append((num, den))
+        for key, pairs in runs.items():
+            ratios = pair_ratios([(num["rps"], den["rps"]) for num, den in pairs])
+            # The same question asked of CPU time: requests the servers' CPU serves, relative to GET /'s
+            # (its CPU per request over this one's). Steadier than throughput on a shared machine, as
+            # the other work there takes wall time from both runs of a pair, but less of their CPU time.
+            cpu_ratios = pair_ratios(
+                [
+                    (den["cpu_ms_per_request"], num["cpu_ms_per_request"])
+                    for num, den in pairs
+                    if "cpu_ms_per_request" in num
+                ]
+            )
+            cpu_spread = interquartile(cpu_ratios)
+            context = {
+                "cpu_ratio": round(statistics.median(cpu_ratios), 3) if cpu_ratios else None,
+                "cpu_iqr": f"{cpu_spread[0]:.3g}-{cpu_spread[1]:.3g}" if cpu_spread else None,
+                "rps": round(statistics.median(num["rps"] for num, _ in pairs), 1),
+                ("untraced_rps" if key == "tracing" else "root_rps"): round(
+                    statistics.median(den["rps"] for _, den in pairs), 1
+                ),
+                "errors": sum(num["errors"] + den["errors"] for num, den in pairs),
+                "p99_ms": round(statistics.median(num["p99_us"] for num, _ in pairs) / 1000, 2),
+                "cpu_ms_per_request": round(statistics.median(num["cpu_ms_per_request"] for num, _ in pairs), 3)
+                if cpu_ratios
+                else None,
+                "min": round(min(ratios), 3) if ratios else None,
+                "max": round(max(ratios), 3) if ratios else None,
+                "per_pair": [round(r, 3) for r in ratios],
+                "cpu_per_pair": [round(r, 3) for r in cpu_ratios],
             }
-            for name, values in rps.items()
+            value = statistics.median(ratios) if ratios else None
+            if key == "tracing":
+                self.extra["tracing"] = {
+                    "label": "status poll, tracing on / off (straight to gunicorn, every request sampled)",
+                    "value": None if value is None else round(value, 4),
+                    "spread": interquartile(ratios),
+                    "context": context,
+                }
+            else:
+                self.results[key] = judge(key, value, interquartile(ratios), **context)
+        self.extra["http"] = {
+            key: {
+                "numerator_rps": [round(num["rps"], 1) for num, _ in pairs],
+                "denominator_rps": [round(den["rps"], 1) for _, den in pairs],
+                "errors": {
+                    kind: sum(num[kind] + den[kind] for num, den in pairs)
+                    for kind in ("connect", "read", "write", "status", "timeout")
+                },
+            }
+            for key, pairs in runs.items()
         }
         if memory_per_queued_job:
             self.extra.setdefault("redis_memory", {})["bytes_per_queued_job"] = round(
                 statistics.median(memory_per_queued_job)
             )
+
+    @contextmanager
+    def traced_api(self) -> Iterator[Any]:
+        """A second API (gunicorn, the stack's recipe and settings) with tracing on: every request
+        sampled, spans appended to a file in the bench's home. Yields its Component (url, pid)."""
+        from dlkit.kit import recipes
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        site = self.stack.site
+        home = site.home / "traced-api"
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        (home / "metrics" / "api").mkdir(parents=True, exist_ok=True)
+        env = {**site.env, "TRACES_FILE": str(home / "traces.jsonl"), "OTEL_TRACES_SAMPLER": "always_on"}
+        component = recipes.api(dataclasses.replace(site, home=home, ports={**site.ports, "api": port}, env=env))
+        component.start()
+        try:
+            yield component
+        finally:
+            component.stop()
 
     # -- Redis round trips and commands ---------------------------------------------------------------
 
@@ -576,7 +700,9 @@ class Bench:
         for _ in range(b.rounds):
             key = f"bench/{uuid.uuid4()}.zip"
             started = time.perf_counter()
-            upload = MultipartUpload(s3, bucket, key, self.settings.S3_PART_SIZE_BYTES)
+            upload = MultipartUpload(
+                s3, bucket, key, self.settings.S3_PART_SIZE_BYTES, concurrency=self.settings.S3_UPLOAD_CONCURRENCY
+            )
             _write_zip(ids, upload)
             upload.complete()
             pipeline_s.append(time.perf_counter() - started)
@@ -938,6 +1064,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _spread(spread: list[float] | tuple[float, float] | None) -> str:
+    return "-" if spread is None else f"{_fmt(spread[0])}-{_fmt(spread[1])}"
+
+
 def context_line(context: Mapping[str, Any], limit: int = 5) -> str:
     shown = [(k, v) for k, v in context.items() if isinstance(v, (int, float, str)) and k not in ("how", "note", "raw")]
     return ", ".join(f"{k}={_fmt(v)}" for k, v in shown[:limit])
@@ -945,7 +1075,7 @@ def context_line(context: Mapping[str, Any], limit: int = 5) -> str:
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     table = Table(title="dlkit bench")
-    for name in ("measure", "ratio", "target", "result"):
+    for name in ("measure", "ratio", "spread (IQR)", "target", "result"):
         table.add_column(name)
     table.add_column("context (absolute, this machine)", overflow="fold")
     for result in report["ratios"].values():
@@ -953,11 +1083,19 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row(
             result["label"],
             _fmt(result["value"]),
+            _spread(result.get("spread")),
             result["target"],
             f"[{colour}]{mark(result)}[/]",
             context_line(result["context"]),
         )
     console.print(table)
+    tracing = report.get("tracing")
+    if tracing:
+        console.print(
+            f"{tracing['label']}: {_fmt(tracing['value'])} (IQR {_spread(tracing['spread'])}; "
+            f"{context_line(tracing['context'])})",
+            highlight=False,
+        )
     cost = report.get("cost")
     if cost:
         table = Table("per job", "polling", "SSE", title=f"server cost, {cost['jobs_at_once']} jobs at once")

@@ -415,6 +415,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workers=args.workers,
         wrk_duration_s=args.duration,
         rounds=args.rounds,
+        pairs=args.pairs,
         polls=args.polls,
         p3_files=args.p3_files,
         p4_jobs=args.p4_jobs,
@@ -667,7 +668,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         default=defaults.rounds,
-        help=f"interleaved rounds of the side-by-side measures, median kept (default {defaults.rounds})",
+        help=f"interleaved rounds of P3 and P4, median kept (default {defaults.rounds})",
+    )
+    bench.add_argument(
+        "--pairs",
+        type=int,
+        default=defaults.pairs,
+        help=f"adjacent wrk pairs per HTTP ratio, median and spread kept (default {defaults.pairs})",
     )
     bench.add_argument(
         "--polls",
