@@ -110,6 +110,15 @@ def redis(settings):
     client.close()
 
 
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory) -> Stack:
+    """A stack of the module's own whose API and worker write their spans to `home/spans.jsonl`."""
+    home = tmp_path_factory.mktemp("traced-stack")
+    stack = start_stack(home, workers=1, TRACES_FILE=str(home / "spans.jsonl"))
+    yield stack
+    stack.stop()
+
+
 @dataclass
 class Kit:
     """A running stack with what a test needs to talk to it."""

@@ -18,7 +18,6 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from dlkit import exemplars, multiproc
 from dlkit.kit import ROOT
 
-from .conftest import start_stack
 from .support import api_url, available_ids, client_for, initiate, poll, worker_urls
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -121,14 +120,6 @@ def _trace_ids(spans_file: Path) -> set[str]:
         except (json.JSONDecodeError, KeyError):
             pass
     return ids
-
-
-@pytest.fixture(scope="module")
-def traced(tmp_path_factory):
-    home = tmp_path_factory.mktemp("exemplars-stack")
-    stack = start_stack(home, workers=1, TRACES_FILE=str(home / "spans.jsonl"))
-    yield stack
-    stack.stop()
 
 
 @pytest.mark.stack

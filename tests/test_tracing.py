@@ -25,7 +25,6 @@ from dlkit import telemetry
 from dlkit.kit import ROOT
 from dlkit.kit.stack import free_base_port
 
-from .conftest import start_stack
 from .support import available_ids, client_for, initiate, poll
 
 
@@ -50,14 +49,6 @@ def _await(read, timeout_s: float = 30.0):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def traced(tmp_path_factory):
-    home = tmp_path_factory.mktemp("traced-stack")
-    stack = start_stack(home, workers=1, TRACES_FILE=str(home / "spans.jsonl"))
-    yield stack
-    stack.stop()
 
 
 @pytest.mark.stack
