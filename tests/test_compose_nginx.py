@@ -275,6 +275,9 @@ def test_the_edge_and_lb_emulation_come_from_the_local_chains_templates(services
     edge, lb = environment(services["edge"]), environment(services["lb"])
     assert edge["EDGE_READ_TIMEOUT"] == f"{production.edge_read_timeout.seconds:g}s"
     assert lb["LB_IDLE_TIMEOUT"] == f"{production.lb_idle_timeout.seconds:g}s"
+    # The edge drops an idle connection to the LB before the LB would (a request on a closing one: 502).
+    keepalive_s = chain.EDGE_KEEPALIVE_SHARE * production.lb_idle_timeout.seconds
+    assert edge["EDGE_KEEPALIVE_TIMEOUT"] == f"{keepalive_s:g}s"
     assert edge["CONNECT_TIMEOUT"] == lb["CONNECT_TIMEOUT"] == f"{chain.CONNECT_TIMEOUT_S}s"
 
 

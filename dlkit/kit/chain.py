@@ -60,6 +60,8 @@ def local_seconds(real_s: float, scale: float) -> float:
 
 
 CONNECT_TIMEOUT_S = 5
+# The edge keeps an idle connection to the LB for this share of the LB's idle timeout (edge.conf.template).
+EDGE_KEEPALIVE_SHARE = 0.8
 
 _DURATION = re.compile(
     r"^(?P<indent>\s*)(?P<name>%s)\s+(?P<value>[0-9a-zA-Z]+(?:\s+[0-9a-zA-Z]+)*)\s*;" % "|".join(DURATIONS),
@@ -105,11 +107,13 @@ def render_layer(template: Path, root: Path, values: dict[str, Any]) -> str:
 
 
 def layer_timeouts(root: Path, scale: float) -> dict[str, str]:
-    """The edge read timeout and the LB idle timeout from the production Terraform, scaled."""
+    """The edge read timeout and the LB idle timeout from the production Terraform, scaled, and the
+    edge's keep-alive to the LB under the latter."""
     chain = read_chain(root)
     return {
         "EDGE_READ_TIMEOUT": ms(local_seconds(chain.edge_read_timeout.seconds, scale)),
         "LB_IDLE_TIMEOUT": ms(local_seconds(chain.lb_idle_timeout.seconds, scale)),
+        "EDGE_KEEPALIVE_TIMEOUT": ms(EDGE_KEEPALIVE_SHARE * local_seconds(chain.lb_idle_timeout.seconds, scale)),
         "CONNECT_TIMEOUT": ms(local_seconds(CONNECT_TIMEOUT_S, scale)),
     }
 
