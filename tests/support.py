@@ -97,6 +97,18 @@ def wait_for_finished(stack, count: float, timeout_s: float = 30) -> None:
         time.sleep(0.1)
 
 
+def eventually(read, timeout_s: float = 30.0):
+    """The first truthy value of `read()`, or its last value after `timeout_s`: for what reaches a file
+    or a scrape asynchronously (spans from a batch processor, exemplar files written at most once a
+    second, Prometheus on its scrape interval), where there is no event to wait on."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
 def verify_zip(content: bytes, ids: list[int]) -> None:
     """The zip holds exactly these files, each byte for byte as the catalogue generates it."""
     with zipfile.ZipFile(io.BytesIO(content)) as archive:

@@ -18,7 +18,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from dlkit import exemplars, multiproc
 from dlkit.kit import ROOT
 
-from .support import api_url, available_ids, client_for, initiate, poll, worker_urls
+from .support import api_url, available_ids, client_for, eventually, initiate, poll, worker_urls
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
@@ -99,17 +99,6 @@ def _bucket_exemplars(url: str, metric: str) -> list[tuple[dict, str]]:
     ]
 
 
-def _await(read, timeout_s: float = 30.0):
-    """The first truthy value of `read()`: exemplar files are written at most once a second, spans
-    reach their file from a batch processor, and Prometheus scrapes on its interval."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = read()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
-
-
 def _trace_ids(spans_file: Path) -> set[str]:
     if not spans_file.exists():
         return set()
@@ -130,7 +119,7 @@ def test_a_traced_job_leaves_its_trace_id_on_the_buckets(traced):
         assert poll(client, response.json()["jobId"])[-1]["status"] == "completed"
 
     # The API: the initiate request's own bucket.
-    api = _await(
+    api = eventually(
         lambda: [
             found
             for labels, found in _bucket_exemplars(api_url(traced), "dlkit_http_request_duration_seconds")
@@ -142,12 +131,12 @@ def test_a_traced_job_leaves_its_trace_id_on_the_buckets(traced):
     (worker,) = worker_urls(traced)
     for metric in ("dlkit_job_run_seconds", "dlkit_job_time_to_file_seconds", "dlkit_job_queue_wait_seconds"):
         # The job is completed in Redis a moment before its horse writes them.
-        assert _await(lambda m=metric: trace_id in {found for _, found in _bucket_exemplars(worker, m)}), metric
+        assert eventually(lambda m=metric: trace_id in {found for _, found in _bucket_exemplars(worker, m)}), metric
     metrics_dir = traced.home / "metrics" / "worker-1"
-    assert _await(lambda: not list(metrics_dir.glob("exemplars_[0-9]*.json"))), "horse files not folded"
+    assert eventually(lambda: not list(metrics_dir.glob("exemplars_[0-9]*.json"))), "horse files not folded"
     assert (metrics_dir / "exemplars_archive.json").exists()
     # A trace that is recorded: the spans file holds it.
-    assert _await(lambda: trace_id in _trace_ids(traced.home / "spans.jsonl")), "trace not in the spans file"
+    assert eventually(lambda: trace_id in _trace_ids(traced.home / "spans.jsonl")), "trace not in the spans file"
 
     # The Prometheus text format (no exemplars there) is unchanged for a scraper that does not ask.
     plain = httpx.get(api_url(traced), timeout=5).raise_for_status()
@@ -175,7 +164,7 @@ def test_prometheus_stores_the_exemplars(traced):
 
     with prometheus:
         for metric in ("dlkit_job_time_to_file_seconds_bucket", "dlkit_http_request_duration_seconds_bucket"):
-            assert _await(lambda m=metric: trace_id in stored(m)), (
+            assert eventually(lambda m=metric: trace_id in stored(m)), (
                 f"Prometheus has no exemplar of {trace_id} on {metric}"
             )
 

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,7 +24,7 @@ from dlkit import telemetry
 from dlkit.kit import ROOT
 from dlkit.kit.stack import free_base_port
 
-from .support import available_ids, client_for, initiate, poll
+from .support import available_ids, client_for, eventually, initiate, poll
 
 
 def _lines(path: Path) -> list[dict]:
@@ -38,17 +37,6 @@ def _lines(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass
     return out
-
-
-def _await(read, timeout_s: float = 30.0):
-    """The first truthy value of `read()`: spans and log lines reach their files asynchronously
-    (the API's batch processor exports every few seconds), so the test waits for them."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = read()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 @pytest.mark.stack
@@ -70,7 +58,7 @@ def test_one_trace_from_initiate_through_the_worker(traced):
         names = {s["name"] for s in spans}
         return spans if "download.job" in names and any(n.startswith("POST") for n in names) else None
 
-    spans = _await(trace_spans)
+    spans = eventually(trace_spans)
     assert spans, f"no API and worker spans of trace {trace_id} in {spans_file}"
     by_id = {s["context"]["span_id"]: s for s in spans}
     server = next(s for s in spans if s["kind"] == "SpanKind.SERVER")
@@ -109,12 +97,12 @@ def test_one_trace_from_initiate_through_the_worker(traced):
             None,
         )
 
-    access = _await(api_access_line)
+    access = eventually(api_access_line)
     assert access, "no access log line with the trace id"
     assert access["path"] == "/v1/download/initiate" and access["status"] == 202
     assert access["job_id"] == job_id and access["request_id"] == response.headers["X-Request-ID"]
 
-    worker_lines = _await(
+    worker_lines = eventually(
         lambda: [line for line in _lines(traced.site.log("worker-1")) if line.get("trace_id") == trace_id]
     )
     assert worker_lines, "no worker log line with the trace id"
@@ -269,10 +257,10 @@ def test_dlkit_up_otlp_sends_spans_to_a_collector(tmp_path):
                     return span
             return None
 
-        received = _await(job_span)
+        received = eventually(job_span)
         assert received, f"the collector got no download.job span for {job_id}"
         # And the same span in the stack's own span file.
-        in_file = _await(
+        in_file = eventually(
             lambda: [
                 s
                 for s in _lines(home / "logs" / "spans.jsonl")
@@ -299,10 +287,10 @@ def test_tracing_off_still_logs_json_with_the_job_id(stack, alice):
         logs = [stack.site.log(name) for name in stack.components if name.startswith("worker-")]
         return [line for log in logs for line in _lines(log) if line.get("job_id") == job_id]
 
-    lines = _await(worker_lines)
+    lines = eventually(worker_lines)
     assert [line["message"] for line in lines] == [f"job {job_id} picked up", f"job {job_id} ended: completed"]
     assert all("trace_id" not in line for line in lines)
-    access = _await(
+    access = eventually(
         lambda: [
             line
             for line in _lines(stack.site.log("api"))
