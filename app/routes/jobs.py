@@ -40,6 +40,7 @@ from ..schemas import (
     JobPath,
     JobStatusResponse,
     ListQuery,
+    RequestParameters,
     problems,
 )
 
@@ -80,7 +81,7 @@ EVENT_STREAM = {
 EVENT_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 
 
-class EventsHeaders(BaseModel):
+class EventsHeaders(RequestParameters):
     last_event_id: str | None = Field(
         None,
         alias="Last-Event-ID",
