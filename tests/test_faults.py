@@ -87,13 +87,13 @@ def _busy_horse(slow, timeout_s: float = 10) -> tuple[str, psutil.Process]:
 def test_a_killed_work_horse_requeues_its_job_at_once(slow):
     with slow.client() as alice:
         job_id = initiate(alice, available_ids(3)).json()["jobId"]
-        poll(alice, job_id, until={"processing"})
+        assert poll(alice, job_id, until={"processing"})[-1]["attempt"] == 1
         requeued = total(worker_urls(slow.stack), "dlkit_jobs_requeued_total", reason="worker_died")
         _, horse = _busy_horse(slow)
         horse.kill()
+        # Re-queued at once: the first poll after the kill may already see the second attempt.
         seen = poll(alice, job_id, timeout_s=10)
         assert seen[-1]["status"] == "completed" and seen[-1]["attempt"] == 2, seen[-1]
-        assert seen[0]["attempt"] == 1
         assert total(worker_urls(slow.stack), "dlkit_jobs_requeued_total", reason="worker_died") == requeued + 1
 
 
