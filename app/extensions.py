@@ -18,6 +18,7 @@ from rq import Queue
 from dlkit.jobs import JobStore
 from dlkit.settings import Settings
 from dlkit.storage import PresignedUrls, s3_client
+from dlkit.workers import LiveWorkers
 
 
 def rate_limit_key() -> str:
@@ -104,6 +105,11 @@ class Resources:
     @cached_property
     def queue(self) -> Queue:
         return Queue(self.settings.QUEUE_NAME, connection=self.redis)
+
+    @cached_property
+    def live_workers(self) -> LiveWorkers:
+        """The workers that stamped themselves live lately (not RQ's registry: it keeps killed ones)."""
+        return LiveWorkers(self.redis, self.settings.QUEUE_NAME, self.settings.stale_after_s)
 
     @cached_property
     def s3(self):

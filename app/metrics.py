@@ -35,6 +35,7 @@ from rq import Queue, Worker
 from dlkit import accounting, exemplars, queue_state
 from dlkit.jobs import Job, JobStatus, JobStore, Transition
 from dlkit.metrics import JOBS_FINISHED
+from dlkit.workers import LiveWorkers
 
 # The legacy synchronous call holds its request for up to 120 s (more behind a slow proxy), so
 # the buckets go past prometheus-client's default 10 s.
@@ -90,7 +91,8 @@ class MeteredJobStore(JobStore):
 class QueueCollector:
     """Job and worker figures read from Redis at scrape time: the queue's state (dlkit/queue_state.py,
     the same reader the staging autoscaling signal uses) and the workers by state (RQ's worker
-    registry, one HGETALL per worker).
+    registry, one HGETALL per worker; a worker RQ lists that no longer stamps itself live, killed
+    without deregistering, is `lost`: dlkit/workers.py).
 
     Terminal states are counters (dlkit_jobs_finished_total), not read here: counting them from
     Redis would mean scanning every record. Every API instance reports the same cluster-wide
@@ -98,9 +100,10 @@ class QueueCollector:
     the rest of the scrape (the RED metrics) working.
     """
 
-    def __init__(self, redis: Redis, queue_name: str, clock=time.time):
+    def __init__(self, redis: Redis, queue_name: str, live: LiveWorkers, clock=time.time):
         self.redis = redis
         self.queue_name = queue_name
+        self.live = live
         self.clock = clock
 
     def collect(self):
@@ -117,10 +120,15 @@ class QueueCollector:
 
     def _read(self) -> list[GaugeMetricFamily]:
         state = queue_state.read(self.redis, self.queue_name, self.clock())
-        workers = GaugeMetricFamily("dlkit_workers", "RQ workers registered in Redis, by state.", labels=["state"])
-        states = {"busy": 0, "idle": 0, "other": 0}
+        workers = GaugeMetricFamily(
+            "dlkit_workers", "RQ workers registered in Redis, by state (lost: no longer live).", labels=["state"]
+        )
+        states = {"busy": 0, "idle": 0, "other": 0, "lost": 0}
+        live = self.live.names()
         for worker in Worker.all(queue=Queue(self.queue_name, connection=self.redis)):
             state_name = getattr(worker.get_state(), "value", worker.get_state())  # WorkerStatus or plain str
+            if worker.name not in live:
+                state_name = "lost"
             states[state_name if state_name in states else "other"] += 1
         for state_name, count in states.items():
             workers.add_metric([state_name], count)
@@ -178,7 +186,7 @@ def metrics_view() -> Response:
         scrape.register(exemplars.Collector(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     else:
         scrape.register(_Default())
-    scrape.register(QueueCollector(res.redis, res.settings.QUEUE_NAME))
+    scrape.register(QueueCollector(res.redis, res.settings.QUEUE_NAME, res.live_workers))
     scrape.register(StorageCollector(res.s3, res.settings.S3_BUCKET_NAME))
     # OpenMetrics (the only format with exemplars) when the scraper asks for it, as Prometheus does;
     # the Prometheus text format otherwise.

@@ -21,6 +21,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from dlkit.settings import MAX_FILES_PER_JOB
+from dlkit.workers import LiveWorkers
 
 KEY_PREFIX = "dlkit"
 
@@ -515,14 +516,14 @@ class JobStore:
             self.redis.expire(counter_key, counter_ttl_s)
         return count
 
-    def queue_position(self, queue_key: str, workers_key: str, job_id: str) -> tuple[int | None, int]:
-        """(jobs ahead of `job_id` in RQ's queue list, or None if not in it; workers on the queue), one round
-        trip. RQ pushes right and pops left, so the index is the number of jobs ahead."""
+    def queue_position(self, queue_key: str, workers: LiveWorkers, job_id: str) -> tuple[int | None, int]:
+        """(jobs ahead of `job_id` in RQ's queue list, or None if not in it; live workers), one round trip.
+        RQ pushes right and pops left, so the index is the number of jobs ahead."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.lpos(queue_key, job_id)
-            pipe.scard(workers_key)
-            position, workers = pipe.execute()
-        return position, workers
+            pipe.zcount(workers.key, workers.since(), "+inf")
+            position, live = pipe.execute()
+        return position, live
 
     def list_for_owner(self, owner: str, limit: int, offset: int = 0) -> list[Job]:
         """The owner's jobs, newest first. Expired records are dropped from the index."""

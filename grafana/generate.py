@@ -544,7 +544,8 @@ def workers() -> dict:
                 "short",
                 [Q("max by (state) (dlkit_workers)", "{{state}}")],
                 bad=Bad(1, "DlkitNoLiveWorker", below=True),
-                description="Busy plus idle at 0: no live worker takes jobs.",
+                description="Busy plus idle at 0: no live worker takes jobs. Lost: killed without deregistering "
+                "(RQ lists it for minutes; it no longer stamps itself live).",
             ),
             graph(
                 "Jobs handled per worker by outcome",

@@ -5,7 +5,12 @@ Runs on the slow stack (every job 2.4 s); each test starts again whatever it sto
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -13,7 +18,9 @@ import pytest
 from dlkit.jobs import job_key
 from dlkit.storage import artifact_key, s3_client
 
-from .support import available_ids, initiate, poll, total, worker_urls
+from .support import api_url, available_ids, eventually, initiate, poll, scrape, total, value, worker_urls
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_redis_down_gives_503_quickly_and_the_api_recovers(slow):
@@ -165,4 +172,58 @@ def test_a_queued_job_with_no_live_worker_says_so_and_health_is_degraded(slow):
                 slow.stack.start_component(name)
         final = poll(alice, job_id)[-1]
         assert final["status"] == "completed" and final["note"] is None
+        assert alice.get("/health").json()["status"] == "healthy"
+
+
+def test_a_worker_killed_outside_the_kit_stops_counting_as_live(slow, tmp_path):
+    """Compose or ECS replace a killed worker (a container's end is a SIGKILL of all its processes), and
+    no `dlkit up` cleans up after it; RQ lists the dead worker for minutes (its key expires 60 s past its
+    last heartbeat or more, and only a maintenance pass takes it off the queue's set). The API must not
+    count it: within JOB_STALE_AFTER_S /health is degraded, the job it held says no live worker is left,
+    and the gauge calls it lost."""
+    workers = [name for name in slow.stack.components if name.startswith("worker")]
+    for name in workers:
+        slow.stack.stop_component(name)
+    # A worker as compose runs it: no name of ours, no supervisor.
+    with open(tmp_path / "worker.log", "wb") as log:
+        outside = subprocess.Popen(
+            [sys.executable, "-m", "worker"],
+            cwd=ROOT,
+            env={**os.environ, **slow.stack.client_env()},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with slow.client() as alice:
+            assert eventually(lambda: alice.get("/health").json()["status"] == "healthy"), "the worker never came"
+            job_id = initiate(alice, [70000]).json()["jobId"]
+            poll(alice, job_id, until={"processing"})
+            for process in [*psutil.Process(outside.pid).children(recursive=True), psutil.Process(outside.pid)]:
+                process.send_signal(signal.SIGKILL)
+            outside.wait(timeout=10)
+            killed = time.monotonic()
+
+            def degraded():
+                health = alice.get("/health")
+                return health.json() if health.json()["status"] == "degraded" else None
+
+            within_s = slow.settings.stale_after_s + 2 * slow.settings.sweep_interval_s + 2
+            assert eventually(degraded, timeout_s=within_s) == {
+                "status": "degraded",
+                "checks": {"storage": "ok", "redis": "ok", "workers": "none"},
+            }, f"still counted live {time.monotonic() - killed:.1f} s after the kill"
+            note = alice.get(f"/v1/download/status/{job_id}").json()["note"]
+            assert note.startswith("worker lost and no live worker"), note
+            gauge = scrape(api_url(slow.stack))
+            assert value(gauge, "dlkit_workers", state="lost") == 1
+            assert value(gauge, "dlkit_workers", state="busy") + value(gauge, "dlkit_workers", state="idle") == 0
+    finally:
+        if outside.poll() is None:
+            outside.kill()
+            outside.wait()
+        for name in workers:
+            slow.stack.start_component(name)
+    with slow.client() as alice:
+        final = poll(alice, job_id)[-1]
+        assert final["status"] == "completed" and final["attempt"] == 2, final
         assert alice.get("/health").json()["status"] == "healthy"

@@ -45,7 +45,13 @@ PERSISTENT = [
     ],
 ]
 # Keys of a job (its record, its RQ job, its result) must always expire.
-MUST_EXPIRE = ["dlkit:job:*", "rq:job:*", "rq:results:*", accounting.downloaded_ids_key(0).replace(":0", ":*")]
+MUST_EXPIRE = [
+    "dlkit:job:*",
+    "dlkit:workers:*",
+    "rq:job:*",
+    "rq:results:*",
+    accounting.downloaded_ids_key(0).replace(":0", ":*"),
+]
 
 
 def persistent_reason(key: str) -> str | None:

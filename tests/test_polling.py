@@ -9,7 +9,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from rq import Queue
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from app.hooks import retry_after
 from dlkit import accounting
@@ -91,7 +90,7 @@ def test_a_queued_job_is_told_its_wait_from_its_place_in_the_queue_and_the_worke
     app = make_app(QUEUE_NAME=queue_name, RATE_LIMIT_MAX_REQUESTS=1000, RATE_LIMIT_WINDOW_MS=HOUR_MS)
     client = app.test_client()
     settings = app.extensions["dlkit"].settings
-    workers_key = WORKERS_BY_QUEUE_KEY % queue_name
+    live = app.extensions["dlkit"].live_workers
     try:
         ids = [_job(client, bob_headers) for _ in range(4)]
 
@@ -112,14 +111,15 @@ def test_a_queued_job_is_told_its_wait_from_its_place_in_the_queue_and_the_worke
         assert wait(ids[-1], last[0]) == pytest.approx(4 * mean_job_s, abs=0.01)
         assert last[1] > first[1] >= settings.poll_interval_s  # far back: asked to come back later
         assert last[1] == float(retry_after(last[0] / 2))
-        redis.sadd(workers_key, "rq:worker:a", "rq:worker:b")  # two workers: half the wait
+        live.stamp("a")  # two live workers: half the wait
+        live.stamp("b")
         with counted_round_trips() as trips:
             shared = polled(ids[-1])
         assert trips[0] == 2  # the job and its limit, then its place in the queue and the workers
         assert wait(ids[-1], shared[0]) == pytest.approx(2 * mean_job_s, abs=0.01)
     finally:
         Queue(queue_name, connection=redis).empty()
-        redis.delete(workers_key)
+        redis.delete(live.key)
 
 
 def test_a_job_near_its_end_is_polled_just_after_its_expected_end(make_app, bob_headers, redis):

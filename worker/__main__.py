@@ -22,6 +22,7 @@ from dlkit import multiproc, telemetry
 from dlkit.jobs import JobStatus, JobStore
 from dlkit.metrics import WORKER_DIED
 from dlkit.settings import Settings
+from dlkit.workers import LiveWorkers, Presence
 
 from . import sweeper
 
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     store = JobStore(redis, settings.JOB_TTL_S)
 
     lost = sweeper.lost_jobs(settings, count=metrics.job_lost)
-    sweeper.Sweeper(lost, settings.stale_after_s, settings.sweep_interval_s).start()
+    # Stamped live on the sweeper's connection and thread: the API counts only workers that stamp.
+    presence = Presence(LiveWorkers(lost.store.redis, settings.QUEUE_NAME, settings.stale_after_s))
+    sweeper.Sweeper(lost, settings.stale_after_s, settings.sweep_interval_s, beat=presence.beat).start()
 
     def on_horse_killed(job, retpid, ret_val, rusage) -> None:
         # RQ knows nothing of our record: without this the job would wait for a sweeper. Re-queued in
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         work_horse_killed_handler=on_horse_killed,
     )
     worker.samples = metrics.Samples(metrics_dir)  # compacted after every job, served or not
+    worker.presence = presence
     if args.metrics_port is not None:
         metrics.serve(worker, args.metrics_port, args.metrics_host)
     while True:

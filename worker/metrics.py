@@ -32,6 +32,7 @@ from dlkit.metrics import INTERNAL_ERROR as INTERNAL_ERROR  # re-exported for wo
 from dlkit.metrics import JOB_FAILURES, JOBS_FINISHED
 from dlkit.metrics import NO_FILES_AVAILABLE as NO_FILES_AVAILABLE
 from dlkit.metrics import STORAGE_UNAVAILABLE as STORAGE_UNAVAILABLE
+from dlkit.workers import Presence
 
 # Jobs take 10-120 s at real speed plus their queue wait; prometheus-client's default buckets stop
 # at 10 s. These cover 0.1 s (TIME_SCALE 0.02 in CI) to 10 minutes. 150 s is the time-to-file SLO
@@ -188,10 +189,12 @@ class _WorkerState:
 
 
 class MeteredWorker(Worker):
-    """An RQ worker that compacts its horses' metric files after each job, and remembers what
-    python -m worker needs to recover from a lost Redis: the job in hand, and whether a stop was asked."""
+    """An RQ worker that compacts its horses' metric files after each job, stamps itself live while
+    registered (dlkit/workers.py), and remembers what python -m worker needs to recover from a lost
+    Redis: the job in hand, and whether a stop was asked."""
 
     samples: Samples | None = None
+    presence: Presence | None = None
     job_in_hand: str | None = None  # set while a job runs; left set when its run ended in an error
     stopping = False
 
@@ -203,6 +206,16 @@ class MeteredWorker(Worker):
             if self.samples is not None:
                 self.samples.compact(keep_pid=os.getpid())
         self.job_in_hand = None
+
+    def register_birth(self):
+        super().register_birth()
+        if self.presence is not None:
+            self.presence.join(self.name)  # live from its first moment, not from its first sweep
+
+    def register_death(self):
+        if self.presence is not None:
+            self.presence.leave()
+        super().register_death()
 
     def request_stop(self, signum, frame):
         self.stopping = True

@@ -1,10 +1,11 @@
 """Lost jobs: a job whose worker died is re-queued (up to JOB_MAX_ATTEMPTS runs), then failed.
 
-Every `python -m worker` runs a `Sweeper` thread: every quarter heartbeat it asks the job store for
-processing jobs whose heartbeat is older than JOB_STALE_AFTER_S (a sorted set the transition script
-keeps, so a sweep costs one ZRANGEBYSCORE), and hands each to `LostJobs`. Any number of workers may
-sweep at once: the store applies a re-queue only to the attempt it read, so one sweeper wins.
-A work horse killed under a live worker goes through the same `LostJobs` at once (worker/__main__.py).
+Every `python -m worker` runs a `Sweeper` thread: every quarter heartbeat it stamps its worker live
+(dlkit/workers.py), asks the job store for processing jobs whose heartbeat is older than
+JOB_STALE_AFTER_S (a sorted set the transition script keeps, so a sweep costs one ZRANGEBYSCORE), and
+hands each to `LostJobs`. Any number of workers may sweep at once: the store applies a re-queue only
+to the attempt it read, so one sweeper wins. A work horse killed under a live worker goes through the
+same `LostJobs` at once (worker/__main__.py).
 """
 
 from __future__ import annotations
@@ -92,19 +93,22 @@ class LostJobs:
 
 
 class Sweeper(threading.Thread):
-    """Finds processing jobs whose heartbeat is stale and hands them to LostJobs, every `interval_s`."""
+    """Every `interval_s`: stamps the worker live (`beat`, dlkit/workers.py), then finds processing jobs
+    whose heartbeat is stale and hands them to LostJobs."""
 
-    def __init__(self, lost: LostJobs, lost_after_s: float, interval_s: float):
+    def __init__(self, lost: LostJobs, lost_after_s: float, interval_s: float, beat: Callable[[], None] = lambda: None):
         super().__init__(name="dlkit-sweeper", daemon=True)
         self.lost = lost
         self.lost_after_s = lost_after_s
         self.interval_s = interval_s
+        self.beat = beat
         self.stopped = threading.Event()
 
     def run(self) -> None:
         redis_down = False
         while not self.stopped.wait(self.interval_s):
             try:
+                self.beat()
                 self.sweep()
             except RedisError as error:  # Redis away: the worker's own loop waits for it too; say it once
                 if not redis_down:

@@ -17,8 +17,6 @@ from collections.abc import Iterable
 from flask import Response, current_app, g, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
-from rq import Worker
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 from werkzeug.http import parse_list_header, unquote_header_value
 
 from dlkit import files, telemetry
@@ -109,10 +107,9 @@ def _owned_job(job_id) -> Job:
 
 
 def _live_workers() -> int:
-    """Workers in RQ's registry for the queue, read once per request (a killed one stays there until its
-    registration expires)."""
+    """Workers that stamped themselves live lately (dlkit/workers.py), read once per request."""
     if "live_workers" not in g:
-        g.live_workers = Worker.count(queue=_res().queue)
+        g.live_workers = _res().live_workers.count()
     return g.live_workers
 
 
@@ -165,7 +162,7 @@ def _queue_wait_s(job: Job) -> float:
     """A queued job's expected wait for a worker, from its place in RQ's queue and the number of workers
     (one more round trip, only while queued: with Retry-After from it, far back means polled rarely)."""
     res = _res()
-    position, workers = res.store.queue_position(res.queue.key, WORKERS_BY_QUEUE_KEY % res.queue.name, job.id)
+    position, workers = res.store.queue_position(res.queue.key, res.live_workers, job.id)
     g.live_workers = workers  # the same count _live_workers reads: the note needs no round trip of its own
     if position is None:
         return 0.0

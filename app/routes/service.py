@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
-from rq import Worker
 
 from dlkit.storage import probe_write
 
@@ -33,12 +32,12 @@ def openapi_document():
 )
 def health():
     """503 `unhealthy` when Redis or S3 cannot be reached (load balancers take the instance out); 200
-    `degraded` when both can but no worker is registered: the API serves, and queued jobs wait."""
+    `degraded` when both can but no worker is live (dlkit/workers.py): the API serves, queued jobs wait."""
     res = current_app.extensions["dlkit"]
     checks = {"storage": "ok", "redis": "ok", "workers": "ok"}
     try:
         res.redis.ping()
-        if Worker.count(queue=res.queue) == 0:
+        if res.live_workers.count() == 0:
             checks["workers"] = "none"
     except Exception as exc:  # any failure means "not ready"; the reason goes to the log
         current_app.logger.warning("health: redis check failed: %s", exc)
