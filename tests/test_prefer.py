@@ -284,6 +284,32 @@ def test_without_a_valid_wait_initiate_answers_202_as_today(kit, client, prefer,
     assert took < SLACK_S
 
 
+def test_a_server_of_one_request_per_process_never_waits(make_app):
+    """gunicorn's sync workers (GUNICORN_WORKER_CLASS=sync, the failure mode's demo) serve one request per
+    process: a wait would hold the whole process, so there the preference is never applied."""
+    queue_name = f"test-prefer-sync-{uuid.uuid4().hex[:8]}"  # no worker serves it: the jobs stay queued
+    app = make_app(QUEUE_NAME=queue_name, RATE_LIMIT_MAX_REQUESTS=1000, RATE_LIMIT_WINDOW_MS=3_600_000)
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {API_KEYS['bob']}", "Prefer": "respond-async, wait=2"}
+    ids = []
+    try:
+        for start, multithread in ((74_000, False), (74_100, True)):
+            r = client.post(
+                "/v1/download/initiate",
+                json={"file_ids": available_ids(1, start=start)},
+                headers=headers,
+                environ_overrides={"wsgi.multithread": multithread},
+            )
+            assert r.status_code == 202, r.text
+            ids.append(r.json["jobId"])
+            wait_s = min(2, app.extensions["dlkit"].settings.prefer_wait_max_s)
+            waited = f"respond-async, wait={wait_s:g}"
+            assert r.headers["Preference-Applied"] == (waited if multithread else "respond-async")
+    finally:
+        for job_id in ids:
+            client.post(f"/v1/download/cancel/{job_id}", headers=headers)
+
+
 @pytest.mark.stack
 def test_a_job_that_does_not_end_gets_202_after_the_wait_and_a_wait_past_the_cap_is_cut_to_it(
     kit, client, no_worker, redis

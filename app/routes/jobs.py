@@ -337,7 +337,9 @@ def _preferred(job: Job, location: str, headers: dict[str, str]) -> tuple[dict, 
     the 202's `headers`.
 
     A waiting request holds a gunicorn thread: at most PREFER_MAX_WAITERS per process wait, past them
-    the preference is ignored. The wait blocks on the job's event log (JobStore.wait_terminal).
+    the preference is ignored; a server that runs one request per process (gunicorn's sync workers: WSGI's
+    `wsgi.multithread` false) never waits, or the wait would hold the whole process. The wait blocks on
+    the job's event log (JobStore.wait_terminal).
     """
     headers["Vary"] = "Prefer"
     preferences = parse_prefer(request.headers.getlist("Prefer"))
@@ -347,7 +349,8 @@ def _preferred(job: Job, location: str, headers: dict[str, str]) -> tuple[dict, 
         res = _res()
         wait_s = min(wanted, res.settings.prefer_wait_max_s)
         final, waited = job, False
-        if not job.status.is_terminal and wait_s > 0:  # a replay of a finished job needs no wait
+        # A replay of a finished job needs no wait.
+        if not job.status.is_terminal and wait_s > 0 and request.environ.get("wsgi.multithread"):
             waiters = current_app.extensions[WAITERS]
             if waiters.acquire(blocking=False):
                 try:
