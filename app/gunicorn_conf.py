@@ -5,6 +5,7 @@ balancer's idle timeout makes the LB reuse a connection gunicorn just closed (->
 """
 
 import os
+import sys
 
 from dlkit import multiproc, telemetry
 
@@ -18,6 +19,12 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 # seconds (any long request) is killed by the master, and nginx answers 502.
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Each worker listens on a socket of its own (SO_REUSEPORT) and Linux spreads new connections over them.
+# With the one socket they would share, the worker that wakes first accepts a whole burst, and nginx's
+# upstream keep-alive then carries every request over those few connections: in a third of the
+# benchmark's runs one of two workers served all of them while the other idled. Linux only: elsewhere
+# SO_REUSEPORT does not balance.
+reuse_port = sys.platform == "linux"
 # Each legacy synchronous request occupies a thread for its whole delay. (gunicorn quietly turns
 # a sync worker with more than one thread into gthread, so sync means one thread.)
 threads = 1 if worker_class == "sync" else int(os.environ.get("GUNICORN_THREADS", "16"))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import sys
+
+import psutil
 import pytest
 
 from dlkit import files
@@ -20,6 +24,41 @@ def test_health_reports_each_check(alice):
     r = alice.get("/health")
     assert r.status_code == 200
     assert r.json() == {"status": "healthy", "checks": {"storage": "ok", "redis": "ok", "workers": "ok"}}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreads connections on Linux only")
+def test_gunicorn_workers_each_listen_and_share_the_connections(stack):
+    """nginx's upstream keep-alive carries every request over a few long-lived connections; with one
+    shared socket the worker that woke first could take them all (app/gunicorn_conf.py, reuse_port)."""
+    port = stack.ports["api"]
+    master = psutil.Process(stack.components["api"].pid)
+    workers = master.children()
+    assert len(workers) >= 2
+
+    def listens(process: psutil.Process) -> bool:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp"))
+
+    assert not listens(master), "the master holds the one shared socket: no SO_REUSEPORT"
+    assert all(listens(worker) for worker in workers)
+
+    # As nginx opens its keep-alive pool: a burst of connections, each answered once and kept open.
+    connections = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(32)]
+    try:
+        for conn in connections:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        for conn in connections:
+            assert conn.recv(64).startswith(b"HTTP/1.1 200")
+        ports = {conn.getsockname()[1] for conn in connections}
+        served = {
+            worker.pid
+            for worker in workers
+            for c in worker.net_connections("tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port and c.raddr and c.raddr.port in ports
+        }
+        assert served == {worker.pid for worker in workers}, "one worker took every connection"
+    finally:
+        for conn in connections:
+            conn.close()
 
 
 def test_openapi_document_describes_every_route_from_the_validating_models(alice):
