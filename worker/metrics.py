@@ -208,9 +208,15 @@ class MeteredWorker(Worker):
         self.job_in_hand = None
 
     def register_birth(self):
-        super().register_birth()
+        # Stamped live first, so whoever sees it in RQ's registry (a readiness check, the gauge) sees it live.
         if self.presence is not None:
-            self.presence.join(self.name)  # live from its first moment, not from its first sweep
+            self.presence.join(self.name)
+        try:
+            super().register_birth()
+        except BaseException:
+            if self.presence is not None:
+                self.presence.leave()  # e.g. its name is taken: it will not work
+            raise
 
     def register_death(self):
         if self.presence is not None:
