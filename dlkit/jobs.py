@@ -521,7 +521,7 @@ class JobStore:
         RQ pushes right and pops left, so the index is the number of jobs ahead."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.lpos(queue_key, job_id)
-            pipe.zcount(workers.key, workers.since(), "+inf")
+            workers.count(pipe)
             position, live = pipe.execute()
         return position, live
 

@@ -22,10 +22,7 @@ import time
 from collections.abc import Callable
 
 from redis import Redis
-
-
-def live_workers_key(queue_name: str) -> str:
-    return f"dlkit:workers:{queue_name}"
+from redis.client import Pipeline
 
 
 class LiveWorkers:
@@ -33,7 +30,7 @@ class LiveWorkers:
 
     def __init__(self, redis: Redis, queue_name: str, lost_after_s: float, clock: Callable[[], float] = time.time):
         self.redis = redis
-        self.key = live_workers_key(queue_name)
+        self.key = f"dlkit:workers:{queue_name}"
         self.lost_after_s = lost_after_s
         self.clock = clock
 
@@ -53,8 +50,10 @@ class LiveWorkers:
     def remove(self, name: str) -> None:
         self.redis.zrem(self.key, name)
 
-    def count(self) -> int:
-        return self.redis.zcount(self.key, self.since(), "+inf")
+    def count(self, redis: Redis | Pipeline | None = None) -> int:
+        """The live workers; on `redis` when given (a pipeline: then queued, and read at its execute)."""
+        # Not `redis or ...`: a pipeline with nothing queued yet is falsy (its len).
+        return (self.redis if redis is None else redis).zcount(self.key, self.since(), "+inf")
 
     def names(self) -> set[str]:
         return {name.decode() for name in self.redis.zrangebyscore(self.key, self.since(), "+inf")}
